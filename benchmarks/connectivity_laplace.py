@@ -15,7 +15,7 @@ Images (``--images``): a ConvNet trained on an MNIST subset, last-layer LA/CL an
 with MNIST-test vs Fashion-MNIST-test out-of-distribution AUROC (predictive entropy). On CPU it
 runs at a reduced size; the GPU-size run is left for a machine with CUDA (``--device cuda``).
 
-Usage: ``python benchmarks/laplace.py [--images] [--device cpu] [--repeats 3]``
+Usage: ``python -m benchmarks.connectivity_laplace [--images] [--device cpu] [--repeats 3]``
 """
 
 from __future__ import annotations
@@ -23,25 +23,18 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-# This file is named laplace.py, like the peer library: keep its folder off the import path.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-from benchmarks._common import timed, write_results  # noqa: E402
-from skpcoreset._base import make_generator  # noqa: E402
-from skpcoreset._train import Trainer, TrainSpec  # noqa: E402
-from skpcoreset.datasets import find_data_file, load_npz_images  # noqa: E402
-from skpcoreset.metrics import accuracy, expected_calibration_error, negative_log_likelihood  # noqa: E402
-from skpcoreset.nets import MLP, ConvNet  # noqa: E402
-from skpcoreset.posthoc.laplace import ConnectivityLaplaceClassifier, connectivity_sharpness, rescale_layers  # noqa: E402
-from skpcoreset.posthoc.laplace._sharpness import exact_tangent_kernel_trace, tangent_kernel_trace  # noqa: E402
+from benchmarks._common import timed, write_results
+from skpcoreset._base import make_generator
+from skpcoreset._train import Trainer, TrainSpec
+from skpcoreset.datasets import find_data_file, load_npz_images
+from skpcoreset.metrics import accuracy, expected_calibration_error, negative_log_likelihood
+from skpcoreset.nets import MLP, ConvNet
+from skpcoreset.posthoc.laplace import ConnectivityLaplaceClassifier, connectivity_sharpness, rescale_layers
+from skpcoreset.posthoc.laplace._sharpness import exact_tangent_kernel_trace, tangent_kernel_trace
 
 SCALES = (0.25, 1.0, 4.0)
 
@@ -354,7 +347,7 @@ def main():
         )
     suffix = "cpu" if device.type == "cpu" else "cuda"
     notes = (
-        "One run of benchmarks/laplace.py; ratios and differences are from this run. laplace-torch "
+        "One run of benchmarks/connectivity_laplace.py; ratios and differences are from this run. laplace-torch "
         f"{_laplace_torch_version()} installed with --no-deps. Method comparison: fits and predictions "
         "interleaved round by round, medians of rounds; our fits there skip connectivity_sharpness_ "
         "(n_sharpness_probes=0) so both libraries do the same work; fit_s_with_sharpness is the default fit."
