@@ -129,6 +129,8 @@ def accuracy_table(args) -> list[dict]:
             for divergence in args.divergences:
                 for seed in range(args.seeds):
                     params = {"n_iterations": args.iterations}
+                    if args.inner_lr is not None:
+                        params["inner_lr"] = args.inner_lr
                     job = (data, divergence, n_per_class, seed, args.device, params)
                     row = measure(fit_and_score, *job, device=args.device)
                     row.update(dataset=name, n_per_class=n_per_class, divergence=divergence, seed=seed)
@@ -279,6 +281,7 @@ def main():
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--inner-lr", type=float, default=None, help="the synthesizer's inner_lr (default: its own)")
     parser.add_argument("--inner-steps", nargs="+", type=int, default=[20, 50])
     parser.add_argument("--step-width", type=int, default=128)
     parser.add_argument("--width", type=int, default=128, help="ConvNet width of the CIFAR-10 table")

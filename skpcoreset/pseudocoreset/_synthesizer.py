@@ -114,7 +114,10 @@ default='forward_kl'
     inner_steps : int, default=20
         K: SGD steps on the coreset from the expert start.
     inner_lr : float, default=0.1
-        Step size of those SGD steps.
+        Step size of those SGD steps. Keep it near the experts' learning rate, as the papers
+        do (trajectory matching starts it at the expert's): on CIFAR-10 with experts at 0.01,
+        Wasserstein at 10 per class reached 0.438 BMA accuracy with ``inner_lr=0.01`` and
+        0.235 with 0.1.
     n_divergence_samples : int, default=8
         S: Gaussian samples per side (forward / reverse KL).
     noise_scale : float, default=0.01
