@@ -94,7 +94,7 @@ def transfer_subset(y: np.ndarray, n_transfer: int | None) -> np.ndarray:
 def _distil(teacher, net, student, perturbation, step_size, seed, args, transfer, test) -> dict:
     distiller = DiverseDistiller(
         FrozenEstimator(teacher), student=student, perturbation=perturbation, net=net,
-        alpha=0.9, temperature=1.0, step_size=step_size, augment=args.augment, validation_fraction=0.0,
+        alpha=0.9, temperature=args.temperature, step_size=step_size, augment=args.augment, validation_fraction=0.0,
         device=args.device, random_state=seed,
     )
     _, seconds = timed(distiller.fit, *transfer)
@@ -219,7 +219,7 @@ def _notes(args) -> str:
         return (
             "Teacher DE-4 of MLP(hidden) members; students share the member architecture, optimiser, "
             "and as many steps as a member (epochs scaled by n_train / n_transfer); transfer batches "
-            "perturbed per batch; " + common
+            f"perturbed per batch; alpha=0.9, T={args.temperature:g}; " + common
         )
     augmentation = (
         f"teacher members trained and every transfer batch augmented alike ({args.augment}), the "
@@ -230,7 +230,7 @@ def _notes(args) -> str:
     return (
         f"Paper protocol (Nam et al. 2021, official code): DE-4 teacher, the training split is the "
         f"transfer set, {augmentation}, one step of size {args.step_size:.5f} ({args.step_size * 255:.3g}/255 "
-        f"of the pixel range), alpha=0.9, T=1, settings fixed a priori or on a held-out part of the "
+        f"of the pixel range), alpha=0.9, T={args.temperature:g}, settings fixed a priori or on a held-out part of the "
         "training split (nothing tuned on test data). CPU-sized: "
         f"ConvNet-{args.depth} width {args.width} (instance norm) members and students on "
         f"{args.downsample}x{args.downsample}-averaged images, {args.epochs} teacher epochs, "
@@ -257,6 +257,7 @@ def main():
     parser.add_argument("--augment", default=None, choices=["shift", "shift_flip"], help="of transfer batches")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--step-size", type=float, default=0.05)
+    parser.add_argument("--temperature", type=float, default=1.0, help="T of KD and ODS (official code: 4 on CIFAR-10)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=STUDENTS)
