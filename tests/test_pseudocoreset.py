@@ -483,6 +483,21 @@ def test_verbose_shows_progress(digits_small, capsys):
     assert "synthesis" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "net, inner_lr, expected",
+    [
+        (make_net(optimizer=torch.optim.SGD, lr=0.03, module__hidden_sizes=(8,)), "auto", 0.06),
+        (make_net(lr=1e-3, module__hidden_sizes=(8,)), "auto", 0.1),  # Adam experts
+        (make_net(optimizer=torch.optim.SGD, lr=0.03, module__hidden_sizes=(8,)), 0.2, 0.2),
+    ],
+)
+def test_inner_lr_auto_follows_sgd_experts(net, inner_lr, expected, digits_small):
+    X, y = digits_small
+    params = {**FAST, "net": net, "n_iterations": 1}
+    pc = PseudocoresetSynthesizer(n_per_class=1, inner_lr=inner_lr, random_state=0, **params).fit(X, y)
+    assert pc.inner_lr_ == pytest.approx(expected)
+
+
 def test_same_random_state_same_coreset(digits_small):
     X, y = digits_small
     a = PseudocoresetSynthesizer(n_per_class=1, random_state=3, **FAST).fit(X, y)
