@@ -127,7 +127,7 @@ def accuracy_table(args) -> list[dict]:
             continue
         for n_per_class in args.n_per_class:
             for divergence in args.divergences:
-                for seed in range(args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     params = {"n_iterations": args.iterations}
                     if args.inner_lr is not None:
                         params["inner_lr"] = args.inner_lr
@@ -277,6 +277,7 @@ def main():
         help="divergences of the accuracy table, run in the table's order (default: all)",
     )
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run: first-seed .. first-seed + seeds - 1")
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=1000)
