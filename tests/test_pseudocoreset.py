@@ -498,6 +498,17 @@ def test_inner_lr_auto_follows_sgd_experts(net, inner_lr, expected, digits_small
     assert pc.inner_lr_ == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    "divergence, n_divergence_samples, expected",
+    [("reverse_kl", "auto", 30), ("forward_kl", "auto", 8), ("reverse_kl", 5, 5)],
+)
+def test_divergence_samples_auto_takes_more_for_reverse_kl(divergence, n_divergence_samples, expected, digits_small):
+    X, y = digits_small
+    params = {**FAST, "n_iterations": 1, "n_divergence_samples": n_divergence_samples}
+    pc = PseudocoresetSynthesizer(n_per_class=1, divergence=divergence, random_state=0, **params).fit(X, y)
+    assert pc.n_divergence_samples_ == expected
+
+
 def test_same_random_state_same_coreset(digits_small):
     X, y = digits_small
     a = PseudocoresetSynthesizer(n_per_class=1, random_state=3, **FAST).fit(X, y)
