@@ -118,6 +118,14 @@ def fit_and_score(data, divergence, n_per_class, seed, device, params) -> dict:
     return {"fit_seconds": seconds, **phases, **{k: float(v) for k, v in scores.items()}}
 
 
+# command-line option -> PseudocoresetSynthesizer parameter, passed only when given
+_OVERRIDES = {"inner_lr": "inner_lr", "divergence_samples": "n_divergence_samples", "n_measurement": "n_measurement"}
+
+
+def _synthesizer_overrides(args) -> dict:
+    return {param: getattr(args, option) for option, param in _OVERRIDES.items() if getattr(args, option) is not None}
+
+
 def accuracy_table(args) -> list[dict]:
     rows = []
     for name in args.datasets:
@@ -128,9 +136,7 @@ def accuracy_table(args) -> list[dict]:
         for n_per_class in args.n_per_class:
             for divergence in args.divergences:
                 for seed in range(args.first_seed, args.first_seed + args.seeds):
-                    params = {"n_iterations": args.iterations}
-                    if args.inner_lr is not None:
-                        params["inner_lr"] = args.inner_lr
+                    params = {"n_iterations": args.iterations, **_synthesizer_overrides(args)}
                     job = (data, divergence, n_per_class, seed, args.device, params)
                     row = measure(fit_and_score, *job, device=args.device)
                     row.update(dataset=name, n_per_class=n_per_class, divergence=divergence, seed=seed)
@@ -283,6 +289,14 @@ def main():
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--inner-lr", type=float, default=None, help="the synthesizer's inner_lr (default: its own)")
+    parser.add_argument(
+        "--divergence-samples", type=int, default=None,
+        help="the synthesizer's n_divergence_samples (default: its own)",
+    )
+    parser.add_argument(
+        "--n-measurement", type=int, default=None,
+        help="the synthesizer's n_measurement (default: its own)",
+    )
     parser.add_argument("--inner-steps", nargs="+", type=int, default=[20, 50])
     parser.add_argument("--step-width", type=int, default=128)
     parser.add_argument("--width", type=int, default=128, help="ConvNet width of the CIFAR-10 table")
