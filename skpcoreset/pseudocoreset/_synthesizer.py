@@ -45,7 +45,7 @@ _PAPER_MEASUREMENT_SIZES = {"reverse_kl": 1000, "function_space": 256}
 # On Fashion-MNIST at 10 per class (2 seeds, benchmarks/results/probe_reverse_kl_samples*.json)
 # it scored 0.706 / 0.738 / 0.756 BMA accuracy at S = 8 / 16 / 30 against 0.721 for a random
 # subset. Forward KL's difference of means did as well at 8 as at 30 (0.718 vs 0.700) in under
-# half the synthesis time.
+# half the synthesis time (probe_forward_kl_samples*.json).
 _DIVERGENCE_SAMPLES = {"reverse_kl": 30}
 _DEFAULT_DIVERGENCE_SAMPLES = 8
 
