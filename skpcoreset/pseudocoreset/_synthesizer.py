@@ -405,7 +405,9 @@ default='forward_kl'
         label_logits = torch.nn.functional.one_hot(y_t[index], n_classes).float() * _LABEL_LOGIT_SCALE
         self.history_, self.interrupted_, self.expert_strategy_ = [], False, None
         self.inner_lr_ = self._resolve_inner_lr()
-        self.n_divergence_samples_ = self._resolve_divergence_samples()
+        self.n_divergence_samples_ = self._for_divergence(
+            self.n_divergence_samples, _DIVERGENCE_SAMPLES, _DEFAULT_DIVERGENCE_SAMPLES
+        )
         self.fit_seconds_ = {"experts": 0.0, "synthesis": 0.0}
         if self.divergence != "random" and self.n_iterations > 0:
             coreset, label_logits = self._synthesise(
@@ -466,7 +468,8 @@ default='forward_kl'
                 self.max_start_epoch if self.max_start_epoch is not None else n_epochs,
             ),
             n_samples=self.n_divergence_samples_, noise_scale=self.noise_scale,
-            n_measurement=self._n_measurement(), generator=generator,
+            n_measurement=self._for_divergence(self.n_measurement, _PAPER_MEASUREMENT_SIZES, 256),
+            generator=generator,
             augment=augment,
         )
         self.fit_seconds_["experts"] = self._clock() - started
@@ -485,15 +488,9 @@ default='forward_kl'
         sgd_experts = isinstance(spec.optimizer, type) and issubclass(spec.optimizer, torch.optim.SGD)
         return 2.0 * spec.lr if sgd_experts else 0.1
 
-    def _resolve_divergence_samples(self) -> int:
-        if self.n_divergence_samples == "auto":
-            return _DIVERGENCE_SAMPLES.get(self.divergence, _DEFAULT_DIVERGENCE_SAMPLES)
-        return self.n_divergence_samples
-
-    def _n_measurement(self) -> int:
-        if self.n_measurement == "auto":
-            return _PAPER_MEASUREMENT_SIZES.get(self.divergence, 256)
-        return self.n_measurement
+    def _for_divergence(self, value, defaults: dict, fallback):
+        """``value``, or when it is 'auto' this divergence's entry of ``defaults`` (else ``fallback``)."""
+        return defaults.get(self.divergence, fallback) if value == "auto" else value
 
     def _expert_spec(self):
         spec = train_spec_from_net(self._net_template())
