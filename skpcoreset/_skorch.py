@@ -69,6 +69,15 @@ class TemplateNet(NeuralNetClassifier):
     fills ``module__input_shape`` / ``module__n_classes`` from ``X`` and ``y`` wherever the
     module takes them and they are unset. Everything else is plain skorch, so the template of a
     skpcoreset estimator is also a network you can fit on its own.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpcoreset import TemplateNet
+    >>> X, y = np.random.RandomState(0).rand(64, 5).astype("float32"), np.arange(64) % 2
+    >>> net = TemplateNet(None, max_epochs=2, train_split=None, verbose=0).fit(X, y)
+    >>> type(net.module_).__name__, net.module_.stages[0][1].in_features
+    ('MLP', 5)
     """
 
     def initialize_module(self):

@@ -144,6 +144,17 @@ class WarmupCosineLR(torch.optim.lr_scheduler.LambdaLR):
     optimizer : torch.optim.Optimizer
     total_steps : int or None, default=None
     warmup : float in [0, 1), default=0.05
+
+    Examples
+    --------
+    >>> from skorch.callbacks import LRScheduler
+    >>> from skpcoreset import WarmupCosineLR, make_net
+    >>> net = make_net(lr=0.1, callbacks=[LRScheduler(WarmupCosineLR, step_every="batch")])
+    >>> import torch
+    >>> optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    >>> schedule = WarmupCosineLR(optimizer, total_steps=100, warmup=0.1)
+    >>> [round(group["lr"], 3) for group in optimizer.param_groups]  # 1/10 of the way up
+    [0.01]
     """
 
     def __init__(self, optimizer, total_steps: int | None = None, warmup: float = 0.05, last_epoch: int = -1):

@@ -172,6 +172,14 @@ class RandomShift:
     fill : float
         Value of the pixels shifted in (the lower end of the data range: black on [0, 1]).
     flip : bool, default=False
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpcoreset.augment import RandomShift
+    >>> shift = RandomShift(max_shift=2, fill=0.0, flip=True)
+    >>> shift(torch.rand(4, 1, 8, 8), torch.Generator().manual_seed(0)).shape
+    torch.Size([4, 1, 8, 8])
     """
 
     def __init__(self, max_shift: int, fill: float, flip: bool = False):

@@ -14,4 +14,12 @@ class NoBenefitWarning(UserWarning):
     method is meant to improve on (e.g. bridges vs the single base network, a distilled
     student vs one teacher member) and records both in ``validation_scores_``; this warning
     says when the method's benefit was absent there, and what to try.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from skpcoreset import NoBenefitWarning
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("error", NoBenefitWarning)  # fail instead of warning
+    ...     pass
     """

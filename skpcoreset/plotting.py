@@ -42,6 +42,17 @@ class ReliabilityDisplay:
         Expected calibration error of the same bins.
     name : str or None
         Legend label.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpcoreset.plotting import ReliabilityDisplay
+    >>> proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> display = ReliabilityDisplay.from_predictions([0, 1, 1], proba, n_bins=5)
+    >>> round(float(display.ece), 3)
+    0.3
     """
 
     def __init__(self, bin_confidence, bin_accuracy, bin_count, ece, name=None):
@@ -101,6 +112,12 @@ class CoresetDisplay:
         Hard labels of the coreset rows.
     X_reference, y_reference : ndarray or None
         Real data drawn behind a 2-D projection (tabular coresets only).
+
+    Examples
+    --------
+    >>> from skpcoreset.plotting import CoresetDisplay
+    >>> display = CoresetDisplay.from_estimator(fitted_synthesizer)  # doctest: +SKIP
+    >>> display.ax_.set_title("10 synthetic images per class")  # doctest: +SKIP
     """
 
     def __init__(self, coreset_X, coreset_y, X_reference=None, y_reference=None):
@@ -181,6 +198,12 @@ class CurveLossDisplay:
         Test loss (NLL) and accuracy at each position.
     bridge_lambdas : sequence of float
         Curve positions the bridges were trained to predict.
+
+    Examples
+    --------
+    >>> from skpcoreset.plotting import CurveLossDisplay
+    >>> display = CurveLossDisplay.from_estimator(fitted_bridge_ensemble, X_test, y_test)  # doctest: +SKIP
+    >>> display.losses.argmax()  # the curve's worst point  # doctest: +SKIP
     """
 
     def __init__(self, lambdas, losses, accuracies, bridge_lambdas=()):
@@ -226,6 +249,11 @@ class InfluenceDisplay:
         Samples above it are flagged.
     is_mislabeled : ndarray of bool or None
         Ground truth, when known, to colour the two populations.
+
+    Examples
+    --------
+    >>> from skpcoreset.plotting import InfluenceDisplay
+    >>> InfluenceDisplay.from_estimator(fitted_gex, is_mislabeled=flipped)  # doctest: +SKIP
     """
 
     def __init__(self, self_influence, threshold=None, is_mislabeled=None):
@@ -270,6 +298,11 @@ class EdgeRemovalDisplay:
         so far, as in ``RepulsiveEdgeEliminator.history_``).
     best_round : int or None
         The round whose graph was kept.
+
+    Examples
+    --------
+    >>> from skpcoreset.plotting import EdgeRemovalDisplay
+    >>> EdgeRemovalDisplay.from_estimator(fitted_rge)  # doctest: +SKIP
     """
 
     def __init__(self, history, best_round=None):

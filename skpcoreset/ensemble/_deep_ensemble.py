@@ -74,7 +74,7 @@ class DeepEnsembleClassifier(TorchClassifierMixin, ClassifierMixin, BaseEstimato
     >>> from sklearn.datasets import load_digits
     >>> from skpcoreset import DeepEnsembleClassifier, make_net
     >>> X, y = load_digits(return_X_y=True)
-    >>> clf = DeepEnsembleClassifier(make_net(max_epochs=5), n_members=3, random_state=0)
+    >>> clf = DeepEnsembleClassifier(make_net(max_epochs=20), n_members=3, random_state=0)
     >>> clf.fit(X / 16, y).score(X / 16, y) > 0.9
     True
     """

@@ -85,6 +85,14 @@ class BatchEnsembleLinear(_RankOneLayer):
     """A linear layer of M BatchEnsemble members built from a plain ``nn.Linear``.
 
     Input ``(M * B, in_features)``, member-major (rows ``m*B .. (m+1)*B-1`` belong to member m).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpcoreset.nets import BatchEnsembleLinear
+    >>> layer = BatchEnsembleLinear(torch.nn.Linear(4, 3), n_members=2)
+    >>> layer(torch.zeros(2 * 5, 4)).shape, layer.merge()
+    (torch.Size([10, 3]), Linear(in_features=4, out_features=3, bias=True))
     """
 
     def __init__(self, base: nn.Linear, n_members: int, init: str = "batchensemble"):
@@ -106,6 +114,14 @@ class BatchEnsembleConv2d(_RankOneLayer):
     """A 2-D convolution of M BatchEnsemble members built from a plain ``nn.Conv2d``.
 
     Input ``(M * B, C, H, W)``, member-major. Factors scale input and output channels.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpcoreset.nets import BatchEnsembleConv2d
+    >>> layer = BatchEnsembleConv2d(torch.nn.Conv2d(3, 8, 3, padding=1), n_members=4, init="latent")
+    >>> layer(torch.zeros(4 * 2, 3, 6, 6)).shape
+    torch.Size([8, 8, 6, 6])
     """
 
     def __init__(self, base: nn.Conv2d, n_members: int, init: str = "batchensemble"):
@@ -188,6 +204,16 @@ class BatchEnsembleNet(nn.Module):
     -----
     ``forward(x)`` returns member logits of shape ``(M, B, n_classes)``;
     ``forward_members(x)`` takes a different input per member, ``(M, B, *input_shape)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpcoreset.nets import MLP, BatchEnsembleNet
+    >>> members = BatchEnsembleNet(MLP((4,), 3, hidden_sizes=(8,)), n_members=4, init="latent")
+    >>> members(torch.zeros(5, 4)).shape  # (M, B, n_classes)
+    torch.Size([4, 5, 3])
+    >>> type(members.merge()).__name__  # LatentBE: one plain network with the averaged weights
+    'MLP'
     """
 
     def __init__(self, base: nn.Module, n_members: int, init: str = "batchensemble"):

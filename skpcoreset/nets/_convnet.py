@@ -6,7 +6,15 @@ from ._staged import StagedNet
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:
-    """'instancenorm' is GroupNorm with one group per channel (affine), as in dataset distillation."""
+    """'instancenorm' is GroupNorm with one group per channel (affine), as in dataset distillation.
+
+    Examples
+    --------
+    >>> from skpcoreset.nets import make_norm
+    >>> norm = make_norm("instancenorm", 16)
+    >>> type(norm).__name__, norm.num_groups
+    ('GroupNorm', 16)
+    """
     if norm == "instancenorm":
         return nn.GroupNorm(channels, channels, affine=True)
     if norm == "groupnorm":
@@ -31,6 +39,14 @@ class ConvNet(StagedNet):
     depth : int, default=3
         Number of conv blocks; each halves the spatial size.
     norm : {'instancenorm', 'groupnorm', 'batchnorm', 'none'}, default='instancenorm'
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpcoreset.nets import ConvNet
+    >>> net = ConvNet((3, 32, 32), n_classes=10, width=16)
+    >>> net(torch.zeros(2, 3, 32, 32)).shape, net.forward_until(torch.zeros(2, 3, 32, 32), 2).shape
+    (torch.Size([2, 10]), torch.Size([2, 16, 8, 8]))
     """
 
     def __init__(self, input_shape, n_classes, width=128, depth=3, norm="instancenorm"):

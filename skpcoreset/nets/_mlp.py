@@ -23,6 +23,14 @@ class MLP(StagedNet):
     activation : {'relu', 'gelu', 'tanh', 'silu'}, default='relu'
     dropout : float, default=0.0
         Dropout after each hidden activation.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpcoreset.nets import MLP
+    >>> net = MLP((1, 8, 8), n_classes=10, hidden_sizes=(32,))
+    >>> net(torch.zeros(5, 1, 8, 8)).shape, net.features(torch.zeros(5, 1, 8, 8)).shape
+    (torch.Size([5, 10]), torch.Size([5, 32]))
     """
 
     def __init__(self, input_shape, n_classes, hidden_sizes=(128,), activation="relu", dropout=0.0):

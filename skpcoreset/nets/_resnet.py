@@ -8,6 +8,23 @@ from ._staged import StagedNet
 
 
 class BasicBlock(nn.Module):
+    """The two-convolution residual block of CIFAR ResNets (a projection shortcut when the shape changes).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    stride : int
+        Stride of the first convolution (2 halves the feature map).
+    norm : {'batchnorm', 'groupnorm', 'instancenorm', 'none'}
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpcoreset.nets import BasicBlock
+    >>> BasicBlock(16, 32, stride=2, norm="batchnorm")(torch.zeros(2, 16, 8, 8)).shape
+    torch.Size([2, 32, 4, 4])
+    """
+
     def __init__(self, in_channels, out_channels, stride, norm):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
@@ -43,6 +60,14 @@ class CIFARResNet(StagedNet):
     width : int, default=1
         Width multiplier k.
     norm : {'batchnorm', 'groupnorm', 'instancenorm', 'none'}, default='batchnorm'
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpcoreset.nets import CIFARResNet
+    >>> net = CIFARResNet((3, 32, 32), n_classes=10, depth=20)
+    >>> net.n_stages, net(torch.zeros(2, 3, 32, 32)).shape
+    (11, torch.Size([2, 10]))
     """
 
     def __init__(self, input_shape, n_classes, depth=20, width=1, norm="batchnorm"):

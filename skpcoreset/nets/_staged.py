@@ -13,6 +13,19 @@ class StagedNet(nn.Module):
     ``forward_from(h, k)`` runs the remaining ones, so ``forward_from(forward_until(x, k), k)``
     equals ``forward(x)``. Bridges (tails fed with intermediate features) and influence methods
     (last-layer features) rely on this.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from skpcoreset.nets import StagedNet
+    >>> class Tiny(StagedNet):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.stages = nn.ModuleList([nn.Sequential(nn.Linear(4, 8), nn.ReLU()), nn.Linear(8, 2)])
+    >>> net, x = Tiny(), torch.zeros(3, 4)
+    >>> torch.equal(net.forward_from(net.forward_until(x, 1), 1), net(x))
+    True
     """
 
     stages: nn.ModuleList
