@@ -24,6 +24,15 @@ Nothing is ever stored as bytes to be unpickled later, and nothing is loaded wit
 ``torch.load``. On load, ``__setstate__`` rebuilds the objects, putting tensors saved on a
 device that is absent here (CUDA on a CPU-only machine) on the CPU.
 
+What a skops user trusts: ``skops.io.get_untrusted_types`` lists the estimator classes, the
+``Packed*`` containers above, the module classes (skpcoreset's, torch's layers, the user's own),
+and the classes a skorch net names (criterion, optimiser, iterator, dataset, history). Each is
+rebuilt from audited values: ``cls.__new__`` plus ``__setstate__``/``__dict__`` for modules and
+objects, the class called with the saved parameters for skorch components (so a user's module
+constructor runs with its saved arguments). None of them unpickles. skorch's own net classes
+are deliberately *not* in the list: their ``__setstate__`` unpickles bytes, so :class:`PackedNet`
+names them by path and resolves the path among skorch's modules only.
+
 States written before this format (the fitted attributes as one pickled blob) are refused with
 a clear error; :func:`load_legacy_pickle` loads such a *pickle* file on explicit request.
 """

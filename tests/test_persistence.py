@@ -16,6 +16,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, clone
 from torch import nn
@@ -25,7 +26,6 @@ from skpcoreset import make_net
 from skpcoreset.ensemble import DeepEnsembleClassifier
 from skpcoreset.posthoc.laplace import ConnectivityLaplaceClassifier
 from tests.test_common import ESTIMATORS
-from tests.test_rge import make_sbm
 
 sio = pytest.importorskip("skops.io")
 
@@ -40,7 +40,13 @@ def _takes(estimator, argument: str) -> bool:
 
 @pytest.fixture(scope="module")
 def graph():
-    X, y, A = make_sbm()
+    """A small stochastic block model: features, labels (-1 unlabeled), adjacency, validation mask."""
+    rng = np.random.RandomState(0)
+    n, n_classes = 150, 3
+    y = rng.randint(n_classes, size=n)
+    X = rng.normal(size=(n, 8)) + 0.7 * np.eye(n_classes, 8)[y]
+    upper = np.triu(rng.rand(n, n) < np.where(y[:, None] == y[None, :], 0.08, 0.03), 1)
+    A = sp.csr_matrix((upper | upper.T).astype(float))
     labeled = np.arange(len(y)) < 90
     val_mask = (np.arange(len(y)) >= 45) & labeled
     return X, np.where(labeled, y, -1), A, val_mask
