@@ -339,7 +339,10 @@ class _Packer:
 
     def _module(self, module: nn.Module) -> PackedModule:
         packed = self._remember(module, PackedModule(type(module)))
-        packed.state = self._dict(module.__getstate__())
+        # Internals still at the value nn.Module.__init__ gives them (empty hook dicts, ...) are
+        # left out: loading calls nn.Module.__init__ first. It keeps skops files small.
+        state = {k: v for k, v in module.__getstate__().items() if not _is_module_default(k, v)}
+        packed.state = self._dict(state)
         return packed
 
     def _net(self, net) -> PackedNet:
@@ -390,6 +393,14 @@ class _Packer:
         else:
             return value
         return self._remember(value, packed)
+
+
+_MODULE_DEFAULTS = vars(nn.Module())
+
+
+def _is_module_default(key: str, value) -> bool:
+    default = _MODULE_DEFAULTS.get(key, _MODULE_DEFAULTS)
+    return default is not _MODULE_DEFAULTS and type(value) is type(default) and value == default
 
 
 def _packs_itself(value) -> bool:
