@@ -191,8 +191,29 @@ class FullCurvature(Curvature):
         return self.matrix + prior_precision * eye
 
     def __getstate__(self):
-        # Factorisations are rebuilt from the matrix on demand; keep pickles at one (P, P) array.
-        return {**self.__dict__, "_solved": None, "_eigen": None}
+        # Factorisations are rebuilt from the matrix on demand, and fit makes the matrix exactly
+        # symmetric: a pickle keeps its upper triangle, P (P + 1) / 2 numbers.
+        state = {**self.__dict__, "_solved": None, "_eigen": None}
+        matrix = state.get("matrix")
+        if isinstance(matrix, torch.Tensor) and matrix.ndim == 2 and torch.equal(matrix, matrix.T):
+            rows, cols = torch.triu_indices(len(matrix), len(matrix), device=matrix.device)
+            state["matrix"] = None
+            state["matrix_upper"] = matrix[rows, cols]
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        upper = state.pop("matrix_upper", None)
+        if upper is not None:
+            size = (math.isqrt(8 * len(upper) + 1) - 1) // 2
+            if size * (size + 1) // 2 != len(upper):
+                raise ValueError(f"{len(upper)} values are not the upper triangle of a square matrix.")
+            rows, cols = torch.triu_indices(size, size, device=upper.device)
+            matrix = upper.new_zeros(size, size)
+            matrix[rows, cols] = upper
+            matrix[cols, rows] = upper
+            state["matrix"] = matrix
+        self.__dict__.update(state)
 
 
 class DiagonalCurvature(Curvature):
@@ -377,9 +398,11 @@ class RTOCurvature(Curvature):
         raise ValueError("hessian_structure='rto' represents the posterior by samples only.")
 
     def __getstate__(self):
-        # The GGN holds the training inputs; keep only the solved samples when pickling.
+        # The GGN holds the training inputs; keep only the solved samples when pickling. Without
+        # the GGN the noise cannot be solved for another prior precision, so it goes too.
         state = dict(self.__dict__)
-        state.pop("ggn", None)
+        for key in ("ggn", "data_noise", "prior_noise"):
+            state.pop(key, None)
         return state
 
 
