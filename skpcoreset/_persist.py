@@ -252,8 +252,17 @@ def _is_skorch_net(value) -> bool:
     return isinstance(value, NeuralNet)
 
 
+# Modules whose NeuralNet classes are named by path (their classes inherit skorch's unpickling
+# __setstate__, so a skops user must never be asked to trust them): skorch's and our TemplateNet's.
+_NET_HOMES = ("skorch", "skpcoreset._skorch")
+
+
+def _is_net_home(module_name: str) -> bool:
+    return any(module_name == home or module_name.startswith(home + ".") for home in _NET_HOMES)
+
+
 def _net_class_reference(cls: type) -> str | type:
-    if cls.__module__ == "skorch" or cls.__module__.startswith("skorch."):
+    if _is_net_home(cls.__module__):
         return f"{cls.__module__}:{cls.__qualname__}"
     return cls
 
@@ -261,7 +270,8 @@ def _net_class_reference(cls: type) -> str | type:
 def _skorch_class(reference: str | type) -> type:
     """The skorch net class a :class:`PackedNet` names.
 
-    skorch's own classes are named by path and looked up among skorch's modules only, so a
+    skorch's own classes (and skpcoreset's TemplateNet) are named by path and looked up among
+    those modules only, so a
     skops file never asks its user to trust a skorch net type: trusting one would let a
     crafted file reach skorch's ``__setstate__``, which unpickles. Other classes (a user's
     own subclass) are class references that skops audits.
@@ -270,8 +280,8 @@ def _skorch_class(reference: str | type) -> type:
 
     if isinstance(reference, str):
         module_name, _, qualname = reference.partition(":")
-        if not (module_name == "skorch" or module_name.startswith("skorch.")) or not qualname:
-            raise TypeError(f"a packed skorch net names {reference!r}, which is not a class of skorch.")
+        if not _is_net_home(module_name) or not qualname:
+            raise TypeError(f"a packed skorch net names {reference!r}, which is not a class of skorch or skpcoreset.")
         cls = importlib.import_module(module_name)
         for part in qualname.split("."):
             cls = getattr(cls, part)
