@@ -250,7 +250,7 @@ def make_noisy_sbm(
     quick: bool = False,
     *,
     n_classes: int = 4,
-    mean_degree: float = 6.0,
+    mean_degree: float | None = None,
     inter_class_share: float = 0.4,
     n_features: int = 32,
     feature_signal: float = 1.0,
@@ -259,10 +259,12 @@ def make_noisy_sbm(
 
     Nodes have Gaussian features whose class means differ by ``feature_signal`` standard
     deviations along one axis per class, so the graph carries most of the signal and its noisy
-    edges hurt. Split as Planetoid: 20 training nodes per class, then validation and test nodes
-    (1,500 nodes: 80 / 400 / 1,020; ``quick``: 120 nodes: 40 / 30 / 50).
+    edges hurt. Split as Planetoid: 20 training nodes per class (10 for ``quick``), then validation and test nodes
+    (1,500 nodes: 80 / 400 / 1,020; ``quick``: 120 nodes: 40 / 30 / 50). ``mean_degree`` None is
+    6 (3 for ``quick``, which keeps RGE's rounds few).
     """
     n_nodes, n_per_class, n_val = (120, 10, 30) if quick else (1500, 20, 400)
+    mean_degree = (3.0 if quick else 6.0) if mean_degree is None else mean_degree
     rng = np.random.RandomState(seed)
     labels = rng.randint(n_classes, size=n_nodes)
     same = labels[:, None] == labels[None, :]

@@ -2,6 +2,8 @@
 
 import json
 import math
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -67,3 +69,26 @@ def test_quick_panel_runs_every_family_and_writes_its_json(tmp_path, monkeypatch
     assert by_family["rge"]["none_test_accuracy"] > 0.4  # 4 classes
     assert {s["family"] for s in results["summary"]} == set(families)
     assert "### targets met" in capsys.readouterr().out
+
+
+def _warns(data, seed, rec):
+    warnings.warn("benefit absent", UserWarning, stacklevel=2)
+    return {"value": 1.0}
+
+
+def _raises(data, seed, rec):
+    raise ValueError("broken default")
+
+
+def test_a_failing_row_is_recorded_and_the_panel_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    monkeypatch.setattr(panel, "COLUMNS", {"warns": [("value", "value")], "raises": []})
+    monkeypatch.setattr(
+        panel, "FAMILIES", {"warns": (_warns, lambda m, own: {"ok": True}), "raises": (_raises, lambda m, own: {})}
+    )
+    argv = ["--quick", "--datasets", "wine", "--families", "warns", "raises", "--name", "t"]
+    monkeypatch.setattr(sys, "argv", ["panel", *argv])
+    assert panel.main(argv) == 1
+    rows = {r["family"]: r for r in json.loads((tmp_path / "t.json").read_text())["results"]["rows"]}
+    assert rows["warns"]["warnings"] == ["UserWarning: benefit absent"] and rows["warns"]["error"] is None
+    assert "ValueError: broken default" in rows["raises"]["error"] and rows["raises"]["metrics"] == {}
