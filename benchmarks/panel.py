@@ -528,7 +528,43 @@ def markdown(summary: list[dict], checks: list[dict]) -> str:
                          f"{_fmt(c['metrics']['fit_cpu_seconds'])} | "
                          f"{_mark(next(iter(c['targets'].values()), None))} |")
     lines += summary_table(summary)
+    lines += headline_table(summary)
     return "\n".join(lines)
+
+
+# per family: the cell text of the headline table, "method vs baseline"
+HEADLINES = {
+    "bridge": ("bridge: NLL mode 0 -> +bridges", lambda m: f"{m['single_nll']:.3f} -> {m['ensemble_nll']:.3f}"),
+    "distill": ("distill: NLL KD / ODS (teacher)",
+                lambda m: f"{m['kd_nll']:.3f} / {m['ods_nll']:.3f} ({m['teacher_nll']:.3f})"),
+    "influence": ("GEX: AUC GEX vs best baseline",
+                  lambda m: f"{m['gex_roc_auc']:.3f} vs {m['best_baseline_roc_auc']:.3f}"),
+    "pseudocoreset": ("pseudocoreset: acc fKL / random @1, @10", lambda m: ", ".join(
+        f"{m[f'forward_kl_{k}_accuracy']:.3f} / {m[f'random_{k}_accuracy']:.3f}"
+        for k in (1, 10) if f"forward_kl_{k}_accuracy" in m)),
+    "laplace": ("Laplace: NLL MAP -> Laplace", lambda m: f"{m['map_nll']:.3f} -> {m['laplace_nll']:.3f}"),
+    "rge": ("RGE: test acc none -> RGE", lambda m: f"{m['none_test_accuracy']:.3f} -> {m['rge_test_accuracy']:.3f}"),
+}
+
+
+def headline_table(summary: list[dict]) -> list[str]:
+    """One line per data set, one cell per family: its figure against its baseline, ✓ when every target is met."""
+    families = [f for f in HEADLINES if any(s["family"] == f for s in summary)]
+    datasets = list(dict.fromkeys(s["dataset"] for s in summary))
+    lines = ["\n### headline (method vs baseline; ✓ all targets met, ✗ one missed)\n",
+             "| data set | " + " | ".join(HEADLINES[f][0] for f in families) + " |",
+             "|" + "---|" * (len(families) + 1)]
+    for dataset in datasets:
+        cells = [dataset]
+        for family in families:
+            s = next((s for s in summary if s["family"] == family and s["dataset"] == dataset), None)
+            if s is None or not s["n_seeds"]:
+                cells.append("" if s is None else "error")
+                continue
+            judged = [ok for ok in s["targets"].values() if ok is not None]
+            cells.append(f"{HEADLINES[family][1](s['metrics'])} {'✓' if all(judged) else '✗'}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def summary_table(summary: list[dict]) -> list[str]:
