@@ -9,7 +9,10 @@ preset entirely.
 
 ``max_epochs='auto'`` sizes the run to the data: enough epochs for about ``target_steps``
 optimiser steps, within ``[min_epochs, max_epochs]``, so a 300-row table and a 20,000-image set
-both get a converged network without a hand-set epoch count.
+both get a converged network without a hand-set epoch count. On a CPU the run is also capped at
+``CPU_TRAINING_FLOPS`` per network (about a minute of a 2-core CPU): an MLP on a table never
+reaches it, a ConvNet on thousands of images does, and trains for fewer epochs there than on
+a GPU.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from skorch.callbacks import LRScheduler
 
 from ._train import WarmupCosineLR
 
-__all__ = ["PRESETS", "default_net", "auto_epochs", "AUTO_EPOCHS", "default_module_params"]
+__all__ = ["PRESETS", "default_net", "auto_epochs", "AUTO_EPOCHS", "CPU_TRAINING_FLOPS", "default_module_params"]
 
 # Optimiser steps an 'auto' run aims for, and the bounds on its epochs.
 AUTO_EPOCHS = {"target_steps": 1500, "min_epochs": 20, "max_epochs": 150}
+# Training FLOPs (3x the forward pass per sample and epoch) an 'auto' run may spend on a CPU.
+CPU_TRAINING_FLOPS = 1.5e12
 
 PRESETS = {
     # Base networks of every family (ensemble members, modes, teachers, theta*): the regime of
@@ -62,11 +67,26 @@ def default_net(role: str):
     return make_net(**settings)
 
 
-def auto_epochs(n_samples: int, batch_size: int, *, target_steps: int | None = None) -> int:
-    """Epochs giving about ``target_steps`` optimiser steps on ``n_samples`` rows (bounded)."""
+def auto_epochs(
+    n_samples: int,
+    batch_size: int,
+    *,
+    target_steps: int | None = None,
+    forward_flops: int | None = None,
+    device: torch.device | str = "cpu",
+) -> int:
+    """Epochs giving about ``target_steps`` optimiser steps on ``n_samples`` rows (bounded).
+
+    With ``forward_flops`` (one sample's forward pass) on a CPU, the epochs are also capped so
+    that training costs at most ``CPU_TRAINING_FLOPS`` (at least one epoch).
+    """
     target = AUTO_EPOCHS["target_steps"] if target_steps is None else target_steps
     steps_per_epoch = max(1, math.ceil(n_samples / batch_size))
-    return int(min(max(math.ceil(target / steps_per_epoch), AUTO_EPOCHS["min_epochs"]), AUTO_EPOCHS["max_epochs"]))
+    epochs = min(max(math.ceil(target / steps_per_epoch), AUTO_EPOCHS["min_epochs"]), AUTO_EPOCHS["max_epochs"])
+    if forward_flops and torch.device(device).type == "cpu":
+        affordable = CPU_TRAINING_FLOPS / (3 * forward_flops * max(n_samples, 1))
+        epochs = min(epochs, max(1, math.floor(affordable)))
+    return int(epochs)
 
 
 def default_module_params(module_cls, device: torch.device) -> dict:

@@ -326,14 +326,17 @@ def logit_module(module: nn.Module, net: NeuralNet | None, probe: torch.Tensor) 
     return module
 
 
-def train_spec_from_net(net, n_samples: int | None = None) -> TrainSpec:
+def train_spec_from_net(
+    net, n_samples: int | None = None, *, forward_flops: int | None = None, device: torch.device | str = "cpu"
+) -> TrainSpec:
     """Epochs, batch size, optimiser, learning rate, criterion and iteration of a skorch net (or template).
 
     The criterion is the logit form of the net's: cross-entropy (with the net's
     ``criterion__*`` arguments, e.g. ``weight`` or ``label_smoothing``) for both
     ``CrossEntropyLoss`` and ``NLLLoss`` nets, since :func:`logit_module` turns probabilities
     into log-probabilities. A skorch ``LRScheduler`` on the net runs as one of its callbacks.
-    ``max_epochs='auto'`` is sized to ``n_samples`` (:func:`skpcoreset._presets.auto_epochs`).
+    ``max_epochs='auto'`` is sized to ``n_samples`` (and, on a CPU, to the network's
+    ``forward_flops``: :func:`skpcoreset._presets.auto_epochs`).
     """
     from ._presets import auto_epochs
 
@@ -349,7 +352,7 @@ def train_spec_from_net(net, n_samples: int | None = None) -> TrainSpec:
     if max_epochs == "auto":
         if n_samples is None:
             raise ValueError("max_epochs='auto' is sized to the data; pass n_samples.")
-        max_epochs = auto_epochs(n_samples, batch_size)
+        max_epochs = auto_epochs(n_samples, batch_size, forward_flops=forward_flops, device=device)
     return TrainSpec(
         max_epochs=int(max_epochs),
         batch_size=batch_size,
@@ -383,6 +386,16 @@ def _subset_indices(subset, indices: np.ndarray) -> np.ndarray:
         "The net's train_split returned a dataset that is not a split of the training data "
         f"({type(subset).__name__}); skpcoreset supports splits such as skorch's ValidSplit."
     )
+
+
+def forward_flops(module: nn.Module, example: torch.Tensor) -> int:
+    """FLOPs of one sample's forward pass through ``module`` (its Linear and Conv2d layers)."""
+    from .ensemble._flops import count_flops
+
+    was_training = module.training
+    flops = count_flops(module.eval(), [module], example)
+    module.train(was_training)
+    return flops
 
 
 # -- members -----------------------------------------------------------------------------------
@@ -509,7 +522,9 @@ def train_template_members(
     strategy_used, histories, interrupted = train_members(
         modules,
         tensors,
-        spec if spec is not None else train_spec_from_net(net, n_samples=len(tensors[0])),
+        spec if spec is not None else train_spec_from_net(
+            net, n_samples=len(tensors[0]), forward_flops=forward_flops(modules[0], X[:1]), device=X.device
+        ),
         seeds=seeds[n_members:],
         nets=nets,
         validation=validation,
