@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from joblib import Parallel, delayed
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ._base import make_generator, progress
+from ._parallel import map_members
 
 __all__ = [
     "TrainSpec",
@@ -349,7 +349,8 @@ def train_members(
     """Train ``modules`` in place on ``tensors``; return (strategy used, histories, interrupted).
 
     Sequential members run in ``n_jobs`` threads (joblib; torch releases the GIL inside its
-    kernels), which also lets a joblib backend such as Dask schedule them.
+    kernels), or on the workers of an active joblib backend such as Dask (processes too; see
+    :mod:`skpcoreset._parallel`), with the same result.
     """
     strategy = choose_ensemble_strategy(modules, strategy)
     device = tensors[0].device
@@ -364,25 +365,22 @@ def train_members(
         ).fit(*tensors)
         return strategy, [trainer.history] * len(modules), trainer.interrupted
 
-    def train_one(m: int) -> Trainer:
-        return Trainer(
-            modules[m],
-            spec,
-            generator=make_generator(seeds[m], device),
-            verbose=verbose,
-            desc=f"{desc} {m + 1}/{len(modules)}",
-            **trainer_kwargs,
-        ).fit(*tensors)
+    # Members are independent: map_members runs them here, in threads or on other processes
+    # (Dask workers), and hands back (history, interrupted) per member.
+    per_member = [{"seed": seed, "desc": f"{desc} {m + 1}/{len(modules)}"} for m, seed in enumerate(seeds)]
+    runs = map_members(
+        _train_one_member, modules, per_member[: len(modules)], n_jobs=n_jobs, stop=lambda run: run[1],
+        tensors=tensors, spec=spec, verbose=verbose, trainer_kwargs=trainer_kwargs,
+    )
+    return strategy, [history for history, _ in runs], any(interrupted for _, interrupted in runs)
 
-    if n_jobs in (None, 1):
-        trainers = []
-        for m in range(len(modules)):
-            trainers.append(train_one(m))
-            if trainers[-1].interrupted:
-                break
-    else:
-        trainers = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(train_one)(m) for m in range(len(modules)))
-    return strategy, [t.history for t in trainers], any(t.interrupted for t in trainers)
+
+def _train_one_member(module, *, seed, desc, tensors, spec, verbose, trainer_kwargs) -> tuple[list[dict], bool]:
+    """One sequential member, as a picklable function: (history, interrupted)."""
+    trainer = Trainer(
+        module, spec, generator=make_generator(seed, tensors[0].device), verbose=verbose, desc=desc, **trainer_kwargs
+    ).fit(*tensors)
+    return trainer.history, trainer.interrupted
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .._base import make_generator
+from .._parallel import map_members
 from .._train import Trainer, TrainSpec, VmapEnsembleTrainer, choose_ensemble_strategy
 
 __all__ = ["train_expert_trajectories"]
@@ -56,8 +57,13 @@ def train_expert_trajectories(
     seeds: list[int],
     strategy: str = "auto",
     verbose: int = 0,
+    n_jobs: int | None = None,
 ) -> tuple[torch.Tensor, str, bool]:
     """Train ``modules`` on ``(X, y)`` and return their checkpoints.
+
+    Sequential experts run in ``n_jobs`` joblib workers (threads, or Dask workers under
+    ``joblib.parallel_config(backend="dask")``; see :mod:`skpcoreset._parallel`), with the same
+    result as one after another.
 
     Returns
     -------
@@ -76,15 +82,19 @@ def train_expert_trajectories(
             desc=f"experts (vmap x{len(modules)})",
         ).fit(X, y)
         return torch.stack(trainer.checkpoints, dim=1), strategy, trainer.interrupted
-    runs, interrupted = [], False
-    for m, module in enumerate(modules):
-        trainer = _CheckpointingTrainer(
-            module, spec, generator=make_generator(seeds[m], device), verbose=verbose,
-            desc=f"expert {m + 1}/{len(modules)}",
-        ).fit(X, y)
-        runs.append(torch.cat(trainer.checkpoints))
-        if trainer.interrupted:
-            interrupted = True
-            break
+    per_member = [{"seed": seed, "desc": f"expert {m + 1}/{len(modules)}"} for m, seed in enumerate(seeds)]
+    results = map_members(
+        _train_expert, modules, per_member[: len(modules)], n_jobs=n_jobs, stop=lambda result: result[1],
+        X=X, y=y, spec=spec, verbose=verbose,
+    )
+    runs = [run.to(device) for run, _ in results]
     length = min(len(run) for run in runs)
-    return torch.stack([run[:length] for run in runs]), strategy, interrupted
+    return torch.stack([run[:length] for run in runs]), strategy, any(interrupted for _, interrupted in results)
+
+
+def _train_expert(module: nn.Module, *, seed: int, desc: str, X, y, spec: TrainSpec, verbose: int):
+    """One expert (picklable, for process workers): checkpoints ``(n_epochs + 1, P)``, interrupted."""
+    trainer = _CheckpointingTrainer(
+        module, spec, generator=make_generator(seed, X.device), verbose=verbose, desc=desc
+    ).fit(X, y)
+    return torch.cat(trainer.checkpoints), trainer.interrupted
