@@ -161,6 +161,10 @@ default='forward_kl'
         Gaussian prior precision per real data point.
     input_shape : tuple of int or None, default=None
         Shape of one sample when flat rows hold images, e.g. ``(1, 8, 8)``.
+    n_jobs : int or None, default=None
+        Workers for experts trained one after another (other networks than buffer-free dense
+        ones): threads, or Dask workers under ``joblib.parallel_config(backend="dask")``, with
+        the same trajectories.
     device : {'cpu', 'cuda', 'cuda:N', 'auto'}, default='cpu'
     random_state : int, RandomState or None, default=None
     verbose : int, default=0
@@ -249,6 +253,7 @@ default='forward_kl'
         "temperature": [Interval(Real, 0, None, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "input_shape": [None, tuple, list],
+        "n_jobs": [None, Integral],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -279,6 +284,7 @@ default='forward_kl'
         temperature=0.01,
         weight_decay=5e-4,
         input_shape=None,
+        n_jobs=None,
         device="cpu",
         random_state=None,
         verbose=0,
@@ -306,6 +312,7 @@ default='forward_kl'
         self.temperature = temperature
         self.weight_decay = weight_decay
         self.input_shape = input_shape
+        self.n_jobs = n_jobs
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -455,7 +462,7 @@ default='forward_kl'
     def _synthesise(self, model, experts, X, y, coreset, label_logits, generator, seeds, augment):
         started = self._clock()
         trajectories, self.expert_strategy_, interrupted = train_expert_trajectories(
-            experts, X, y, self._expert_spec(), seeds=seeds, verbose=self.verbose,
+            experts, X, y, self._expert_spec(), seeds=seeds, verbose=self.verbose, n_jobs=self.n_jobs,
         )
         n_epochs = trajectories.shape[1] - 1
         target_epochs = min(self.target_epochs, n_epochs)
