@@ -37,6 +37,7 @@ falls back to random images of the same shape).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -114,6 +115,9 @@ def part_cuda_tests(ctx: Context) -> dict:
     if ctx.dry:  # the CPU stands in for CUDA, on one estimator of each kind
         os.environ["SKPCORESET_TEST_ACCELERATOR"] = "cpu"
         args += ["-k", DRY_CUDA_TESTS]
+    elif importlib.util.find_spec("xdist") is not None:
+        # The CPU reference fits run on one thread each: four workers take a quarter of the time.
+        args += ["-n", "4", "--dist", "loadgroup"]
     exit_code = int(pytest.main(args))
     tests = []
     for case in ET.parse(junit).getroot().iter("testcase"):
@@ -287,7 +291,7 @@ def part_throughput(ctx: Context) -> dict:
             except Exception as exc:  # noqa: BLE001 - one failing option must not hide the others
                 record["errors"][name] = f"{type(exc).__name__}: {exc}"[:600]
                 variants.pop(name)
-        ctx.save(results)
+            ctx.save(results)
         n_images = problem["n"] * problem["epochs"]
         for r in range(problem["rounds"]):
             round_cost = sum(n_images / max(rates[-1], 1.0) for rates in record["images_per_second"].values()

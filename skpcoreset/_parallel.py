@@ -27,10 +27,24 @@ from torch import nn
 __all__ = ["map_members"]
 
 
-def _train_and_return_state(train_one: Callable, module: nn.Module, own: dict, shared: dict) -> tuple[dict, Any]:
+class _Trained:
+    """A trained member's state and ``train_one``'s result, as they travel back from a worker.
+
+    Dask serialises bare tensors (and tuples or dicts of them) with its own torch serializer,
+    which goes through numpy and so only takes CPU tensors; an object of this class is pickled
+    whole, by torch's own reducers, which keep CUDA tensors on the GPU. The data go out the same
+    way, inside the ``shared`` dict (joblib's Dask backend scatters large top-level arguments).
+    """
+
+    def __init__(self, state: dict, result: Any):
+        self.state = state
+        self.result = result
+
+
+def _train_and_return_state(train_one: Callable, module: nn.Module, own: dict, shared: dict) -> _Trained:
     """Run on the worker: train ``module`` and hand back its state with ``train_one``'s result."""
     result = train_one(module, **own, **shared)
-    return module.state_dict(), result
+    return _Trained(module.state_dict(), result)
 
 
 def map_members(
@@ -95,9 +109,9 @@ def map_members(
         for module, own in zip(modules, per_member, strict=True)
     )
     results = []
-    for module, (state, result) in zip(modules, outputs, strict=True):
+    for module, trained in zip(modules, outputs, strict=True):
         # A thread worker returns the module's own tensors (copying them onto themselves is a
         # no-op); a process worker returns trained copies, which this puts where the caller is.
-        module.load_state_dict(state)
-        results.append(result)
+        module.load_state_dict(trained.state)
+        results.append(trained.result)
     return results

@@ -1,7 +1,8 @@
 """Every public estimator on CUDA: it fits and predicts there, agrees with its CPU fit, and a
 CUDA-fitted model unpickles on a machine without CUDA.
 
-Run with ``pytest -m cuda tests/test_cuda.py``; without CUDA every test is skipped.
+Run with ``pytest -m cuda tests/test_cuda.py`` (``-n 4 --dist loadgroup`` spreads the estimators
+over workers); without CUDA every test is skipped.
 ``SKPCORESET_TEST_ACCELERATOR=cpu`` runs the same tests with the CPU standing in for the
 accelerator (the GPU suite's dry run does this, so the file is exercised on machines without one).
 
@@ -186,13 +187,15 @@ def _parameters_device(model) -> set:
 
 
 NAMES = sorted(name for name in ESTIMATOR_CLASSES if name in TINY)
+# With pytest-xdist's --dist loadgroup, an estimator's tests share a worker and so its fits.
+PER_ESTIMATOR = [pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in NAMES]
 
 
 def test_every_estimator_has_a_cuda_check():
     assert set(NAMES) == set(ESTIMATOR_CLASSES)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", PER_ESTIMATOR)
 def test_fits_on_the_accelerator_like_on_the_cpu(name):
     model = fitted(name, ACCELERATOR)
     assert model.device_.type == torch.device(ACCELERATOR).type
@@ -203,7 +206,7 @@ def test_fits_on_the_accelerator_like_on_the_cpu(name):
     assert_like_cpu(name, accelerated, outputs(name, fitted(name, "cpu")))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", PER_ESTIMATOR)
 def test_accelerator_fit_unpickles_without_cuda(name, monkeypatch):
     model = fitted(name, ACCELERATOR)
     blob = pickle.dumps(model)
