@@ -392,8 +392,9 @@ def part_ensembles(ctx: Context) -> dict:
         def train(strategy, n_members, tensors, spec=spec):
             return train_members(members(n_members), tensors, spec, seeds=list(range(n_members)), strategy=strategy)
 
-        for strategy in ("sequential", "vmap"):  # warm-up
-            train(strategy, 2, (X[: 2 * problem["batch_size"]], y[: 2 * problem["batch_size"]]))
+        for strategy in ("sequential", "vmap"):  # warm-up: the shapes of both ensemble sizes, on 2 batches
+            for n_members in (4, 8):
+                train(strategy, n_members, (X[: 2 * problem["batch_size"]], y[: 2 * problem["batch_size"]]))
         for n_members in (4, 8):
             rates = {"sequential": [], "vmap": []}
             for _ in range(problem["rounds"]):
@@ -413,9 +414,10 @@ def part_ensembles(ctx: Context) -> dict:
             summary.append(row(f"{problem['name']} M={n_members} vmap / sequential", speedup, unit="x",
                                reference=reference, target=target,
                                met=None if target is None else speedup >= 3.5))
-            auto_speed = speedup if auto == "vmap" else 1.0
-            summary.append(row(f"{problem['name']} M={n_members} 'auto' ({auto}) / sequential", auto_speed,
-                               unit="x", target=">= 0.95 (never below sequential)", met=auto_speed >= 0.95))
+            auto_vs_faster = (speedup if auto == "vmap" else 1.0) / max(speedup, 1.0)
+            summary.append(row(f"{problem['name']} M={n_members} 'auto' ({auto}) / the faster strategy",
+                               auto_vs_faster, unit="x", target=">= 0.95 ('auto' never picks the slower)",
+                               met=auto_vs_faster >= 0.95))
             results["summary"] = summary
             ctx.save(results, notes=_ENSEMBLE_NOTES)
             if ctx.left() < 3:
@@ -516,8 +518,6 @@ def part_family_pseudocoreset(ctx: Context) -> dict:
                                        **{k: float(v) for k, v in scores.items()}}
         print(divergence, results["runs"][divergence], flush=True)
         ctx.save(results)
-        if ctx.left() < 2 * seconds:
-            break
     runs = results["runs"]
     fkl, rnd = runs.get("forward_kl", {}).get("accuracy"), runs.get("random", {}).get("accuracy")
     results["summary"] = [
