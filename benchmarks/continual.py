@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 
 from benchmarks._common import timed, write_results
 from skpcoreset import make_net
-from skpcoreset.pseudocoreset import PseudocoresetSynthesizer, continual_replay
+from skpcoreset.pseudocoreset import PosteriorSampler, PseudocoresetSynthesizer, continual_replay
 
 MEMORIES = ("none", "random", "forward_kl")
 
@@ -33,7 +33,7 @@ def memory_builder(kind: str, n_per_class: int, seed: int):
         return lambda X, y, t: (X[:0], y[:0])
     synthesis = dict(
         n_per_class=n_per_class, n_experts=2, expert_epochs=10, n_iterations=100,
-        n_posterior_samples=1, posterior_steps=1,  # fit_resample needs only the coreset
+        posterior=PosteriorSampler(n_samples=1, steps=1),  # fit_resample needs only the coreset
     )
     return lambda X, y, t: PseudocoresetSynthesizer(
         divergence=kind, random_state=10 * seed + t, **synthesis

@@ -35,7 +35,10 @@ import torch
 
 from benchmarks._common import timed, write_results
 from skpcoreset.datasets import find_data_file, load_planetoid
-from skpcoreset.posthoc.graph import GCNClassifier, RepulsiveEdgeEliminator, SGCClassifier
+from skpcoreset.graph import GCNClassifier, SGCClassifier
+from skpcoreset.graph._operations import as_adjacency, normalized_operator, propagate, remove_edges
+from skpcoreset.graph._softmax_regression import fit_softmax_regression
+from skpcoreset.posthoc.graph import RepulsiveEdgeEliminator
 from skpcoreset.posthoc.graph._edge_influence import (
     SoftmaxRegression,
     candidate_edges,
@@ -43,8 +46,7 @@ from skpcoreset.posthoc.graph._edge_influence import (
     inverse_hvp,
     loss_gradient,
 )
-from skpcoreset.posthoc.graph._gcn import _flat, _operator, gcn_edge_influence, influence_direction
-from skpcoreset.posthoc.graph._sgc import as_adjacency, fit_softmax_regression, propagate, remove_edges
+from skpcoreset.posthoc.graph._gcn_influence import _flat, gcn_edge_influence, influence_direction
 
 # the authors' README (github.com/Jaeyun-Song/RGE): SGC hyper-parameters per dataset
 AUTHORS_HPARAMS = {"cora": {"lr": 0.2, "weight_decay": 8.5e-6}, "citeseer": {"lr": 0.5, "weight_decay": 8.5e-6}}
@@ -245,7 +247,7 @@ def gcn_influence_pass_speed(name: str, args, n_naive: int = 100) -> dict:
     def naive(sample):
         base = directional(module.operator)
         return [
-            -(directional(_operator(remove_edges(adjacency, edges[:, [k]]), module.X.device, module.X.dtype)) - base)
+            -(directional(normalized_operator(remove_edges(adjacency, edges[:, [k]]), module.X.device, module.X.dtype)) - base)
             for k in sample
         ]
 

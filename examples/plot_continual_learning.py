@@ -25,7 +25,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 from skpcoreset import make_net  # noqa: E402
-from skpcoreset.pseudocoreset import PseudocoresetSynthesizer, continual_replay  # noqa: E402
+from skpcoreset.pseudocoreset import PosteriorSampler, PseudocoresetSynthesizer, continual_replay  # noqa: E402
 
 torch.set_num_threads(1)
 X, y = load_digits(return_X_y=True)
@@ -42,7 +42,7 @@ tasks, test_tasks = split_tasks(X_train, y_train), split_tasks(X_test, y_test)
 net = make_net(max_epochs=10, lr=1e-3, batch_size=32, module__hidden_sizes=(64,))
 # fit_resample needs only the coreset: a one-step posterior keeps each synthesis short.
 synthesis = dict(
-    n_per_class=5, n_experts=2, expert_epochs=10, n_iterations=100, n_posterior_samples=1, posterior_steps=1
+    n_per_class=5, n_experts=2, expert_epochs=10, n_iterations=100, posterior=PosteriorSampler(n_samples=1, steps=1)
 )
 
 memories = {

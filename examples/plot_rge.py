@@ -27,7 +27,8 @@ import torch
 from sklearn.metrics import log_loss
 
 from skpcoreset.datasets import find_data_file, load_planetoid
-from skpcoreset.posthoc.graph import RepulsiveEdgeEliminator, SGCClassifier
+from skpcoreset.graph import SGCClassifier
+from skpcoreset.posthoc import RepulsiveEdgeEliminator
 
 torch.set_num_threads(1)
 

@@ -8,7 +8,19 @@ per-step synchronisation. Method families customise one rung, as in skorch:
 - :meth:`Trainer.loss` -- the objective on one batch (distillation, bridges, curves override it);
 - :meth:`Trainer.step` -- one optimiser step;
 - :meth:`Trainer.epoch` -- one pass over the data;
-- :meth:`Trainer.fit` -- epochs, schedule, validation, early stopping, interruption.
+- :meth:`Trainer.fit` -- epochs, validation, callbacks, interruption.
+
+Everything else is a skorch callback, fired at the same points as in skorch's own loop
+(``on_train_begin``, ``on_epoch_begin``, ``on_batch_begin``, ``on_grad_computed``,
+``on_batch_end``, ``on_epoch_end``, ``on_train_end``): the learning-rate schedule, the progress
+bar, checkpoints, and the callbacks of a user's skorch net (``EarlyStopping``, ``Checkpoint``,
+``LRScheduler`` with any policy, ``GradientNormClipping``, custom ones). Callbacks receive the
+skorch net being trained (or, for networks that have none, a :class:`LoopState` with the same
+``history`` / ``module_`` / ``optimizer_`` attributes), and the loop records ``train_loss``,
+``valid_loss``, ``valid_acc``, their ``*_best`` flags and ``dur`` in a skorch ``History`` before
+``on_epoch_end``, as skorch's default callbacks do. A callback that raises ``KeyboardInterrupt``
+(skorch's ``EarlyStopping``) ends training normally; a Ctrl-C from the user ends it too and sets
+``interrupted``, keeping what was learned.
 
 :class:`VmapEnsembleTrainer` trains M identically shaped members in one vectorised program
 (``torch.func.stack_module_state`` + ``vmap``); :func:`train_members` picks it or the sequential
@@ -18,37 +30,67 @@ loop per architecture, so an ensemble never trains slower than one member after 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-import torch.nn.functional as F
+from skorch.callbacks import Callback, LRScheduler
+from skorch.dataset import Dataset
+from skorch.history import History
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+from tqdm.auto import tqdm
 
-from ._base import make_generator, progress
+from ._base import make_generator
 from ._parallel import map_members
 
 __all__ = [
     "TrainSpec",
+    "LoopState",
     "Trainer",
     "VmapEnsembleTrainer",
+    "ParameterSnapshots",
     "train_members",
     "choose_ensemble_strategy",
     "predict_batched",
+    "schedule_factor",
+    "WarmupCosineLR",
+    "user_callbacks",
 ]
 
-_SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
+MIXED_PRECISION = ("no", "bf16")
 
 
 @dataclass
 class TrainSpec:
-    """How to train a module: epochs, batch size, optimiser and learning-rate schedule.
+    """How to train a module: epochs, batch size, optimiser, schedule and loss.
 
     Built from a skorch net template by :func:`skpcoreset._skorch.train_spec_from_net`, or
     directly by estimators that own their inner training.
+
+    Attributes
+    ----------
+    max_epochs, batch_size, lr : int, int, float
+    optimizer : type
+        A ``torch.optim.Optimizer`` class, built on the trained parameters with ``lr`` and
+        ``optimizer_kwargs``.
+    schedule : {'constant', 'cosine', 'warmup_cosine', 'step'}
+        Learning-rate factor over the whole run, stepped every batch: 'cosine' anneals to 0,
+        'warmup_cosine' rises linearly over the first ``warmup`` share of the steps and then
+        anneals, 'step' is x0.1 at 50% and 75% of the steps. A skorch ``LRScheduler`` on the
+        net runs in addition, as its own callback.
+    warmup : float
+        Share of the steps spent warming up ('warmup_cosine' only).
+    criterion : nn.Module or None
+        Loss of logits and integer labels; None: cross-entropy.
+    shuffle : bool
+        Draw a fresh permutation every epoch (skorch's ``iterator_train__shuffle``).
+    compile : bool
+        Wrap the forward pass in :func:`torch.compile` (skorch's ``compile``).
     """
 
     max_epochs: int = 20
@@ -57,19 +99,148 @@ class TrainSpec:
     optimizer: type = torch.optim.Adam
     optimizer_kwargs: dict = field(default_factory=dict)
     schedule: str = "constant"
+    warmup: float = 0.05
+    criterion: nn.Module | None = None
+    shuffle: bool = True
+    compile: bool = False
 
     def __post_init__(self):
-        if self.schedule not in _SCHEDULES:
-            raise ValueError(f"schedule must be one of {_SCHEDULES}; got {self.schedule!r}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}; got {self.schedule!r}.")
         if self.max_epochs < 0 or self.batch_size < 1:
             raise ValueError("max_epochs must be >= 0 and batch_size >= 1.")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup must be a share of the steps in [0, 1); got {self.warmup!r}.")
 
 
-def _lr_lambda(schedule: str, total_steps: int):
-    """Learning-rate factor per step: 'cosine' anneals to 0; 'step' is x0.1 at 50% and 75%."""
+def schedule_factor(schedule: str, total_steps: int, warmup: float = 0.05):
+    """The learning-rate factor of ``schedule`` as a function of the step (for ``LambdaLR``)."""
+    total_steps = max(total_steps, 1)
+    warmup_steps = int(warmup * total_steps) if schedule == "warmup_cosine" else 0
+
+    def cosine(step: int) -> float:
+        progress = min(step - warmup_steps, total_steps - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    if schedule == "constant":
+        return lambda step: 1.0
     if schedule == "cosine":
-        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        return cosine
+    if schedule == "warmup_cosine":
+        return lambda step: (step + 1) / warmup_steps if step < warmup_steps else cosine(step)
     return lambda step: 0.1 ** ((step >= 0.5 * total_steps) + (step >= 0.75 * total_steps))
+
+
+class WarmupCosineLR(torch.optim.lr_scheduler.LambdaLR):
+    """Linear warm-up over the first ``warmup`` share of the steps, then cosine annealing to 0.
+
+    A torch LR scheduler to step every batch, for a skorch template:
+    ``callbacks=[LRScheduler(WarmupCosineLR, step_every="batch")]``. With ``total_steps=None``
+    skpcoreset's loop fills in the run's number of steps, so the schedule spans the whole run
+    whatever ``max_epochs`` and the data size are.
+
+    Parameters
+    ----------
+    optimizer : torch.optim.Optimizer
+    total_steps : int or None, default=None
+    warmup : float in [0, 1), default=0.05
+    """
+
+    def __init__(self, optimizer, total_steps: int | None = None, warmup: float = 0.05, last_epoch: int = -1):
+        if total_steps is None:
+            raise ValueError(
+                "WarmupCosineLR needs total_steps; skpcoreset's training loop sets it for LRScheduler "
+                "callbacks, give it explicitly elsewhere."
+            )
+        super().__init__(optimizer, schedule_factor("warmup_cosine", total_steps, warmup), last_epoch=last_epoch)
+
+
+class LoopState:
+    """What callbacks see as ``net`` when the trained module has no skorch net of its own.
+
+    It offers the attributes skorch's callbacks read -- ``history``, ``module_``,
+    ``optimizer_``, ``verbose`` -- and the net-level hooks that keep the history, as
+    ``skorch.NeuralNet`` does.
+    """
+
+    def __init__(self, module: nn.Module, verbose: int = 0):
+        self.module_ = module
+        self.history = History()
+        self.optimizer_ = None
+        self.verbose = verbose
+        self.callbacks_: list = []
+
+    def on_epoch_begin(self, net, **kwargs):
+        self.history.new_epoch()
+        self.history.record("epoch", len(self.history))
+
+    def on_batch_begin(self, net, **kwargs):
+        self.history.new_batch()
+
+    def __getattr__(self, name: str):
+        if name.startswith("on_"):
+            return _no_op
+        raise AttributeError(name)
+
+
+def _no_op(*args, **kwargs):
+    return None
+
+
+def user_callbacks(net) -> list:
+    """The initialised callbacks of a skorch net, without skorch's default logging callbacks.
+
+    skorch's defaults (epoch timer, loss scoring, ``valid_acc``, the printed log) are replaced
+    by this loop's own history records and progress bar.
+    """
+    callbacks = getattr(net, "callbacks_", None) or []
+    defaults = {name for name, _ in net.get_default_callbacks()} if hasattr(net, "get_default_callbacks") else set()
+    return [(name, cb) for name, cb in callbacks if name not in defaults]
+
+
+def _overrides(callback: Callback, hook: str) -> bool:
+    return getattr(type(callback), hook, None) is not getattr(Callback, hook)
+
+
+class _ProgressBar(Callback):
+    """A tqdm bar over epochs, with the last epoch's losses (only when ``verbose``)."""
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.desc = total, desc
+
+    def on_train_begin(self, net, **kwargs):
+        self.bar = tqdm(total=self.total, desc=self.desc, leave=False, dynamic_ncols=True)
+
+    def on_epoch_end(self, net, **kwargs):
+        row = net.history[-1]
+        self.bar.set_postfix({k: f"{row[k]:.4g}" for k in ("train_loss", "valid_loss") if k in row}, refresh=False)
+        self.bar.update()
+
+    def on_train_end(self, net, **kwargs):
+        self.bar.close()
+
+
+class ParameterSnapshots(Callback):
+    """Keeps a detached copy of the trained parameters before training and after chosen epochs.
+
+    Parameters
+    ----------
+    snapshot : callable
+        ``snapshot() -> Tensor``, the current parameters in the form the caller wants.
+    epochs : set of int or None
+        1-based epochs after which to snapshot; None: after every epoch.
+    """
+
+    def __init__(self, snapshot, epochs: set[int] | None = None):
+        self.snapshot = snapshot
+        self.epochs = epochs
+
+    def on_train_begin(self, net, **kwargs):
+        self.snapshots = [self.snapshot()]
+
+    def on_epoch_end(self, net, **kwargs):
+        if self.epochs is None or len(net.history) in self.epochs:
+            self.snapshots.append(self.snapshot())
 
 
 class Trainer:
@@ -78,27 +249,37 @@ class Trainer:
     Parameters
     ----------
     module : nn.Module
-        Trained in place.
+        Trained in place; it maps inputs to logits.
     spec : TrainSpec
-        Epochs, batch size, optimiser, schedule.
+        Epochs, batch size, optimiser, schedule, criterion.
     generator : torch.Generator
         Source of the shuffling permutations (must live on the data's device).
-    amp : bool, default=False
-        bf16 autocast on CUDA (ignored on the CPU).
-    channels_last : bool, default=False
-        Use the channels-last memory format for 4-D inputs on CUDA.
-    compile : bool, default=False
-        Wrap the forward pass with :func:`torch.compile`.
-    patience : int or None, default=None
-        With validation data, stop after this many epochs without improvement and restore
-        the best weights.
+    net : skorch NeuralNet or None, default=None
+        The skorch net ``module`` belongs to: its callbacks run in this loop (skorch's default
+        logging callbacks excepted, which this loop replaces) and its ``history`` records the
+        run. None: a :class:`LoopState` stands in.
+    callbacks : list of (name, Callback), default=()
+        Further callbacks of the caller (initialised), run after the net's own.
     augment : callable or None, default=None
         ``augment(X, generator) -> X``, applied to the inputs of every training batch (see
         :mod:`skpcoreset.augment`); validation batches are never augmented.
+    mixed_precision : {'no', 'bf16'}, default='no'
+        'bf16': bf16 autocast for the forward pass and the loss; on CUDA, 4-D inputs also use
+        the channels-last memory format.
     verbose : int, default=0
         Show a progress bar over epochs.
     desc : str
-        Label of the progress bar.
+        Label of the progress bar and of warnings.
+
+    Attributes
+    ----------
+    history : skorch.history.History
+        One row per epoch: ``epoch``, ``train_loss``, ``valid_loss``/``valid_acc`` when
+        validating, their ``*_best`` flags, ``dur``.
+    interrupted : bool
+        True when a KeyboardInterrupt from the user (not from a callback) stopped training.
+    stopped_by_callback : bool
+        True when a callback ended training early (e.g. ``EarlyStopping``).
     """
 
     def __init__(
@@ -107,29 +288,36 @@ class Trainer:
         spec: TrainSpec,
         *,
         generator: torch.Generator,
-        amp: bool = False,
-        channels_last: bool = False,
-        compile: bool = False,
-        patience: int | None = None,
+        net=None,
+        callbacks=(),
         augment=None,
+        mixed_precision: str = "no",
         verbose: int = 0,
         desc: str = "train",
     ):
+        if mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}; got {mixed_precision!r}.")
         self.module = module
-        self.augment = augment
         self.spec = spec
         self.generator = generator
         self.device = generator.device
-        self.amp = amp and self.device.type == "cuda"
-        self.channels_last = channels_last and self.device.type == "cuda"
-        self.patience = patience
+        self.net = net if net is not None else LoopState(module, verbose)
+        self.extra_callbacks = list(callbacks)
+        self.augment = augment
+        self.amp = mixed_precision == "bf16"
+        self.channels_last = self.amp and self.device.type == "cuda"
         self.verbose = verbose
         self.desc = desc
+        self.criterion = spec.criterion if spec.criterion is not None else nn.CrossEntropyLoss()
         if self.channels_last:
             self.module.to(memory_format=torch.channels_last)
-        self.model = torch.compile(module) if compile else module
-        self.history: list[dict[str, Any]] = []
+        self.model = torch.compile(module) if spec.compile else module
         self.interrupted = False
+        self.stopped_by_callback = False
+
+    @property
+    def history(self) -> History:
+        return self.net.history
 
     # -- rungs --------------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict]:
@@ -149,8 +337,8 @@ class Trainer:
         return X if self.augment is None else self.augment(X, self.generator)
 
     def loss(self, X: torch.Tensor, y: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
-        """Objective on one batch; cross-entropy on integer labels by default."""
-        return F.cross_entropy(self.model(self.prepare_input(X)), y)
+        """Objective on one batch; the spec's criterion (cross-entropy) on integer labels by default."""
+        return self.criterion(self.model(self.prepare_input(X)), y)
 
     def step(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """One optimiser step; returns the detached loss (no host synchronisation)."""
@@ -158,14 +346,18 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             loss = self.loss(*batch)
         loss.backward()
+        if self._grad_hooks:
+            self._notify("on_grad_computed", self._grad_hooks, named_parameters=list(self.module.named_parameters()),
+                         batch=batch, training=True)
         self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
         return loss.detach()
 
     def batch_indices(self, n_samples: int):
         """Index tensors of one epoch's minibatches (a fresh permutation on the device)."""
-        order = torch.randperm(n_samples, generator=self.generator, device=self.device)
+        if self.spec.shuffle:
+            order = torch.randperm(n_samples, generator=self.generator, device=self.device)
+        else:
+            order = torch.arange(n_samples, device=self.device)
         batch_size = self.spec.batch_size
         for start in range(0, n_samples, batch_size):
             idx = order[start : start + batch_size]
@@ -173,60 +365,115 @@ class Trainer:
                 break  # a batch of one breaks batch statistics and adds nothing
             yield idx
 
+    def set_train_mode(self) -> None:
+        self.module.train()
+
     def epoch(self, tensors: tuple[torch.Tensor, ...]) -> float:
         """One pass over ``tensors`` (all indexed along their first axis); returns the mean loss."""
-        self.module.train()
+        self.set_train_mode()
         total = torch.zeros((), device=self.device)
         n_steps = 0
         for idx in self.batch_indices(len(tensors[0])):
             X, *rest = (t[idx] for t in tensors)
-            total += self.step((self.augment_input(X), *rest))
+            batch = (self.augment_input(X), *rest)
+            self.net.on_batch_begin(self.net, batch=batch, training=True)  # a batch row, as skorch keeps
+            self._notify("on_batch_begin", self._batch_hooks, batch=batch, training=True)
+            loss = self.step(batch)
+            self.history.record_batch("train_batch_size", idx.shape[-1])
+            self._notify("on_batch_end", self._batch_hooks, batch=batch, training=True, loss=loss)
+            total += loss
             n_steps += 1
         return float(total) / max(n_steps, 1)
 
     @torch.no_grad()
-    def validation_loss(self, tensors: tuple[torch.Tensor, ...]) -> float:
+    def validation_scores(self, tensors: tuple[torch.Tensor, ...]) -> dict[str, float]:
+        """``valid_loss`` (the ``loss`` rung on unaugmented batches) and, for the default loss,
+        ``valid_acc``, in eval mode."""
         self.module.eval()
-        total, count = 0.0, 0
+        default_loss = type(self).loss is Trainer.loss
+        total, correct, count = 0.0, 0.0, 0
         for start in range(0, len(tensors[0]), 1024):
             batch = tuple(t[start : start + 1024] for t in tensors)
-            total += float(self.loss(*batch)) * len(batch[0])
+            if default_loss:
+                logits = self.model(self.prepare_input(batch[0]))
+                total += float(self.criterion(logits, batch[1])) * len(batch[0])
+                correct += float((logits.argmax(-1) == batch[1]).sum())
+            else:
+                total += float(self.loss(*batch)) * len(batch[0])
             count += len(batch[0])
-        return total / max(count, 1)
+        scores = {"valid_loss": total / max(count, 1)}
+        if default_loss:
+            scores["valid_acc"] = correct / max(count, 1)
+        return scores
+
+    def validation_loss(self, tensors: tuple[torch.Tensor, ...]) -> float:
+        return self.validation_scores(tensors)["valid_loss"]
 
     def steps_per_epoch(self, n_samples: int) -> int:
         full, rest = divmod(n_samples, self.spec.batch_size)
         return full + (rest >= 2 or (n_samples == 1))
+
+    # -- callbacks ----------------------------------------------------------------------------
+    def _build_callbacks(self, total_steps: int) -> list:
+        callbacks = []
+        if self.spec.schedule != "constant":
+            schedule = LRScheduler(
+                policy=torch.optim.lr_scheduler.LambdaLR,
+                lr_lambda=schedule_factor(self.spec.schedule, total_steps, self.spec.warmup),
+                step_every="batch",
+                event_name=None,
+            )
+            callbacks.append(("skpcoreset_schedule", schedule.initialize()))
+        callbacks += user_callbacks(self.net) + self.extra_callbacks
+        for _, callback in callbacks:
+            if isinstance(callback, LRScheduler) and "total_steps" in _policy_parameters(callback):
+                if getattr(callback, "total_steps", None) is None:
+                    callback.total_steps = total_steps  # our policies anneal over the whole run
+        if self.verbose:
+            callbacks.append(("skpcoreset_progress", _ProgressBar(self.spec.max_epochs, self.desc)))
+        return callbacks
+
+    def _notify(self, hook: str, callbacks: list, **kwargs) -> None:
+        for _, callback in callbacks:
+            getattr(callback, hook)(self.net, **kwargs)
+
+    def _notify_all(self, hook: str, **kwargs) -> None:
+        getattr(self.net, hook)(self.net, **kwargs)
+        self._notify(hook, self.callbacks, **kwargs)
 
     # -- driver -------------------------------------------------------------------------------
     def fit(self, *tensors: torch.Tensor, validation: tuple[torch.Tensor, ...] | None = None):
         """Train on ``tensors`` (e.g. ``X, y``) for ``spec.max_epochs`` epochs.
 
         A ``KeyboardInterrupt`` stops training after the current step and keeps what was
-        learned (the best weights when validating); ``interrupted`` records it.
+        learned; ``interrupted`` records it. Callbacks may end training early the skorch way.
         """
         total_steps = max(1, self.spec.max_epochs * self.steps_per_epoch(len(tensors[0])))
         self.optimizer = self.configure_optimizer()
-        # A constant schedule needs no scheduler call on every step of the hot path.
-        self.scheduler = None
-        if self.spec.schedule != "constant":
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, _lr_lambda(self.spec.schedule, total_steps)
-            )
-        best_loss, best_state, stale = math.inf, None, 0
-        epochs = progress(range(self.spec.max_epochs), verbose=self.verbose, desc=self.desc)
+        self.net.optimizer_ = self.optimizer
+        self.callbacks = self._build_callbacks(total_steps)
+        self._batch_hooks = [
+            cb for cb in self.callbacks if _overrides(cb[1], "on_batch_begin") or _overrides(cb[1], "on_batch_end")
+        ]
+        self._grad_hooks = [cb for cb in self.callbacks if _overrides(cb[1], "on_grad_computed")]
+        labels = tensors[1] if len(tensors) > 1 else None
+        datasets = {"dataset_train": Dataset(tensors[0], labels), "dataset_valid": None}
+        if validation is not None:
+            datasets["dataset_valid"] = Dataset(validation[0], validation[1] if len(validation) > 1 else None)
+        best = {}
+        self._notify_all("on_train_begin", X=tensors[0], y=labels)
         try:
-            for epoch in epochs:
-                record = {"epoch": epoch, "train_loss": self.epoch(tensors)}
+            for _ in range(self.spec.max_epochs):
+                self._notify_all("on_epoch_begin", **datasets)
+                started = time.perf_counter()
+                scores = {"train_loss": self.epoch(tensors)}
                 if validation is not None:
-                    record["valid_loss"] = self.validation_loss(validation)
-                    if record["valid_loss"] < best_loss:
-                        best_loss, stale = record["valid_loss"], 0
-                        best_state = copy.deepcopy(self.module.state_dict())
-                    else:
-                        stale += 1
-                self.history.append(record)
-                if self.patience is not None and stale >= self.patience:
+                    scores.update(self.validation_scores(validation))
+                self._record(scores, best, time.perf_counter() - started)
+                try:
+                    self._notify_all("on_epoch_end", **datasets)
+                except KeyboardInterrupt:  # skorch's way for a callback to end training
+                    self.stopped_by_callback = True
                     break
         except KeyboardInterrupt:
             self.interrupted = True
@@ -235,10 +482,27 @@ class Trainer:
                 UserWarning,
                 stacklevel=2,
             )
-        if best_state is not None:
-            self.module.load_state_dict(best_state)
+        self._notify_all("on_train_end", X=tensors[0], y=labels)
         self.module.eval()
         return self
+
+    def _record(self, scores: dict, best: dict, seconds: float) -> None:
+        for name, value in scores.items():
+            self.history.record(name, value)
+            lower_is_better = not name.endswith("_acc")
+            improved = name not in best or (value < best[name] if lower_is_better else value > best[name])
+            if improved:
+                best[name] = value
+            self.history.record(f"{name}_best", improved)
+        self.history.record("dur", seconds)
+
+
+def _policy_parameters(callback: LRScheduler):
+    policy = callback.policy_ if hasattr(callback, "policy_") else callback._get_policy_cls()
+    try:
+        return inspect.signature(policy).parameters
+    except (TypeError, ValueError):
+        return {}
 
 
 class VmapEnsembleTrainer(Trainer):
@@ -247,7 +511,8 @@ class VmapEnsembleTrainer(Trainer):
     Each member sees its own permutation of the data. The members' parameters are stacked
     into leaves of shape ``(M, ...)``; since the loss is a sum of per-member losses, every
     member receives exactly the gradient it would get alone, and element-wise optimisers
-    (SGD, Adam, AdamW) update each member exactly as if it were trained separately.
+    (SGD, Adam, AdamW) update each member exactly as if it were trained separately. Members
+    share one run, so callbacks of skorch nets cannot run per member (see :func:`train_members`).
     """
 
     def __init__(self, modules: list[nn.Module], spec: TrainSpec, **kwargs):
@@ -282,17 +547,18 @@ class VmapEnsembleTrainer(Trainer):
 
     def loss(self, X: torch.Tensor, y: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         logits = self.model(self.params, self.buffers, X)  # (M, B, C)
-        per_member = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-        return per_member.view(y.shape).mean(dim=1).sum()
+        return vmap(self.criterion)(logits, y).sum()
 
-    def epoch(self, tensors: tuple[torch.Tensor, ...]) -> float:
+    def set_train_mode(self) -> None:
         for member in self.members:
             member.train()
+
+    def epoch(self, tensors: tuple[torch.Tensor, ...]) -> float:
         return super().epoch(tensors) / len(self.members)
 
     def fit(self, *tensors: torch.Tensor, validation=None):
         if validation is not None:
-            raise ValueError("VmapEnsembleTrainer does not support validation/early stopping.")
+            raise ValueError("VmapEnsembleTrainer does not support validation; members train one run together.")
         for p in self.params.values():
             p.requires_grad_(True)
         super().fit(*tensors)
@@ -318,20 +584,46 @@ def _is_vmap_friendly(module: nn.Module) -> bool:
     return all(isinstance(m, dense) for m in leaves)
 
 
-def choose_ensemble_strategy(modules: list[nn.Module], strategy: str = "auto") -> str:
+def choose_ensemble_strategy(modules: list[nn.Module], strategy: str = "auto", *, per_member_runs: str = "") -> str:
     """Resolve ``'auto'`` into ``'vmap'`` or ``'sequential'`` for these members.
 
-    Measured (DESIGN.md section 0): vmap trains MLP members 1.6x (M=4) to 3.9x (M=8) faster
-    than sequential on an H100 and 1.0-1.2x on 2 CPU cores, but ConvNets 0.8x (slower), so
+    Measured (on an H100, DESIGN.md section 0): vmap trains MLP members 1.6x (M=4) to 3.9x
+    (M=8) faster than sequential and 1.0-1.2x on 2 CPU cores, but ConvNets 0.8x (slower), so
     'auto' vectorises only buffer-free dense networks.
+
+    Parameters
+    ----------
+    per_member_runs : str, default=''
+        Why members need runs of their own (e.g. the skorch net's callbacks or validation
+        split); non-empty makes 'auto' sequential and 'vmap' an error that says why.
     """
     if strategy not in ("auto", "vmap", "sequential"):
         raise ValueError(f"ensemble_strategy must be 'auto', 'vmap' or 'sequential'; got {strategy!r}.")
+    if per_member_runs:
+        if strategy == "vmap":
+            raise ValueError(
+                f"ensemble_strategy='vmap' trains all members in one run, but {per_member_runs} "
+                "need a run per member; use ensemble_strategy='auto' or 'sequential'."
+            )
+        return "sequential"
     if strategy != "auto":
         return strategy
     if len(modules) > 1 and all(_is_vmap_friendly(m) for m in modules):
         return "vmap"
     return "sequential"
+
+
+def _needs_own_runs(nets) -> str:
+    """What in the members' skorch nets needs a training run per member ('' when nothing)."""
+    if not nets:
+        return ""
+    reasons = []
+    names = [name for name, _ in user_callbacks(nets[0])]
+    if names:
+        reasons.append(f"the net's callbacks {names}")
+    if getattr(nets[0], "train_split", None) is not None:
+        reasons.append("the net's train_split")
+    return " and ".join(reasons)
 
 
 def train_members(
@@ -340,19 +632,35 @@ def train_members(
     spec: TrainSpec,
     *,
     seeds: list[int],
+    nets: list | None = None,
+    validation: list | None = None,
     strategy: str = "auto",
     n_jobs: int | None = None,
     verbose: int = 0,
     desc: str = "members",
     **trainer_kwargs,
-) -> tuple[str, list[list[dict]], bool]:
+) -> tuple[str, list[History], bool]:
     """Train ``modules`` in place on ``tensors``; return (strategy used, histories, interrupted).
+
+    Parameters
+    ----------
+    nets : list of skorch NeuralNet or None
+        The members' skorch nets (``nets[m]`` owns ``modules[m]``): their callbacks run in each
+        member's loop and their histories record it. Callbacks or a validation split force
+        sequential training.
+    validation : list of tuple of Tensor or None
+        Per member, the held-out tensors to validate on each epoch (or None).
 
     Sequential members run in ``n_jobs`` threads (joblib; torch releases the GIL inside its
     kernels), or on the workers of an active joblib backend such as Dask (processes too; see
     :mod:`skpcoreset._parallel`), with the same result.
     """
-    strategy = choose_ensemble_strategy(modules, strategy)
+    nets = list(nets) if nets is not None else [None] * len(modules)
+    validation = list(validation) if validation is not None else [None] * len(modules)
+    own_runs = _needs_own_runs([n for n in nets if n is not None])
+    if any(v is not None for v in validation) and not own_runs:
+        own_runs = "validation splits"
+    strategy = choose_ensemble_strategy(modules, strategy, per_member_runs=own_runs)
     device = tensors[0].device
     if strategy == "vmap":
         trainer = VmapEnsembleTrainer(
@@ -363,23 +671,35 @@ def train_members(
             desc=f"{desc} (vmap x{len(modules)})",
             **trainer_kwargs,
         ).fit(*tensors)
+        for net in nets:
+            if net is not None:
+                net.history = copy.deepcopy(trainer.history)
         return strategy, [trainer.history] * len(modules), trainer.interrupted
 
     # Members are independent: map_members runs them here, in threads or on other processes
     # (Dask workers), and hands back (history, interrupted) per member.
-    per_member = [{"seed": seed, "desc": f"{desc} {m + 1}/{len(modules)}"} for m, seed in enumerate(seeds)]
+    per_member = [
+        {"seed": seeds[m], "net": nets[m], "validation": validation[m], "desc": f"{desc} {m + 1}/{len(modules)}"}
+        for m in range(len(modules))
+    ]
     runs = map_members(
-        _train_one_member, modules, per_member[: len(modules)], n_jobs=n_jobs, stop=lambda run: run[1],
+        _train_one_member, modules, per_member, n_jobs=n_jobs, stop=lambda run: run[1],
         tensors=tensors, spec=spec, verbose=verbose, trainer_kwargs=trainer_kwargs,
     )
+    for net, (history, _) in zip(nets, runs, strict=False):
+        if net is not None:  # a process worker recorded into its copy of the net
+            net.history = history
     return strategy, [history for history, _ in runs], any(interrupted for _, interrupted in runs)
 
 
-def _train_one_member(module, *, seed, desc, tensors, spec, verbose, trainer_kwargs) -> tuple[list[dict], bool]:
+def _train_one_member(
+    module, *, seed, net, validation, desc, tensors, spec, verbose, trainer_kwargs
+) -> tuple[History, bool]:
     """One sequential member, as a picklable function: (history, interrupted)."""
     trainer = Trainer(
-        module, spec, generator=make_generator(seed, tensors[0].device), verbose=verbose, desc=desc, **trainer_kwargs
-    ).fit(*tensors)
+        module, spec, generator=make_generator(seed, tensors[0].device), net=net, verbose=verbose, desc=desc,
+        **trainer_kwargs,
+    ).fit(*tensors, validation=validation)
     return trainer.history, trainer.interrupted
 
 
@@ -389,3 +709,4 @@ def predict_batched(fn, X: torch.Tensor, batch_size: int = 1024) -> torch.Tensor
     if len(X) == 0:
         raise ValueError("Cannot predict on an empty input.")
     return torch.cat([fn(X[start : start + batch_size]) for start in range(0, len(X), batch_size)])
+

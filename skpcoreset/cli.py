@@ -121,7 +121,11 @@ def _load_training_data(args):
     path = Path(args.data)
     if not path.is_file():
         raise FileNotFoundError(f"--data {path}: no such file (skpcoreset never downloads data)")
-    return load_npz_images(path, n_train=args.n_train, n_test=args.n_test, random_state=args.seed)
+    data = load_npz_images(path, n_train=args.n_train, n_test=args.n_test, random_state=args.seed, layout=args.layout)
+    if args.verbose:
+        channels, height, width = data.X_train.shape[1:]
+        print(f"read {len(data.y_train)} training images of {channels}x{height}x{width} (channels x height x width)")
+    return data
 
 
 def cmd_synthesize(args) -> int:
@@ -131,7 +135,7 @@ def cmd_synthesize(args) -> int:
     data = _load_training_data(args)
     synthesizer = PseudocoresetSynthesizer(
         divergence=args.divergence,
-        n_per_class=args.ipc,
+        n_per_class=args.n_per_class,
         n_iterations=args.iterations,
         device=args.device,
         random_state=args.seed,
@@ -143,7 +147,9 @@ def cmd_synthesize(args) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, X=np.asarray(coreset_X, dtype=np.float32), y=np.asarray(coreset_y))
-    print(f"{len(coreset_y)} synthetic samples ({args.ipc} per class, {args.divergence}) in {seconds:.1f} s -> {out}")
+    print(
+        f"{len(coreset_y)} synthetic samples ({args.n_per_class} per class, {args.divergence}) in {seconds:.1f} s -> {out}"
+    )
     if len(data.y_test):
         metrics = evaluate_proba(data.y_test, synthesizer.predict_proba(data.X_test), synthesizer.classes_)
         print("Bayesian model average on the test split: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
@@ -157,7 +163,7 @@ def cmd_influence(args) -> int:
 
     data = _load_training_data(args)
     model = GeometricEnsembleInfluence(
-        method=args.method, n_members=args.members, device=args.device, random_state=args.seed, verbose=args.verbose
+        method=args.method, n_members=args.n_members, device=args.device, random_state=args.seed, verbose=args.verbose
     ).fit(data.X_train, data.y_train)
     flagged = model.predict(data.X_train) == -1
     out = Path(args.out)
@@ -176,34 +182,51 @@ def _add_data_arguments(parser):
     parser.add_argument("--out", required=True, help="output file")
     parser.add_argument("--n-train", type=int, default=None, help="use a random subset of this many training images")
     parser.add_argument("--n-test", type=int, default=None, help="use a random subset of this many test images")
+    parser.add_argument(
+        "--layout",
+        default="auto",
+        choices=["auto", "NHWC", "NCHW", "NHW"],
+        help="layout of the image arrays; auto reads it from their shape and stops when it is ambiguous",
+    )
     parser.add_argument("--device", default="cpu", help="'cpu', 'cuda', 'cuda:N' or 'auto'")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--verbose", type=int, default=1, help="0 silences the progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m skpcoreset", description=__doc__)
+    formatter = argparse.ArgumentDefaultsHelpFormatter  # --help shows every default
+    parser = argparse.ArgumentParser(prog="python -m skpcoreset", description=__doc__, formatter_class=formatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the flagship demo on bundled digits and print a report")
+    demo = sub.add_parser("demo", help="run the flagship demo on bundled digits and print a report",
+                          formatter_class=formatter)
     demo.add_argument("--out", default="demo_output", help="folder for the demo's figures")
     demo.add_argument("--device", default="cpu", help="'cpu', 'cuda', 'cuda:N' or 'auto'")
     demo.set_defaults(func=cmd_demo)
 
-    synthesize = sub.add_parser("synthesize", help="learn a Bayesian pseudocoreset of an image .npz")
+    synthesize = sub.add_parser("synthesize", help="learn a Bayesian pseudocoreset of an image .npz",
+                                formatter_class=formatter)
     _add_data_arguments(synthesize)
-    synthesize.add_argument("--ipc", type=int, default=10, help="synthetic images per class")
+    synthesize.add_argument(
+        "--n-per-class", "--ipc", dest="n_per_class", type=int, default=10, help="synthetic images per class"
+    )
     synthesize.add_argument(
         "--divergence",
         default="forward_kl",
         choices=["forward_kl", "wasserstein", "reverse_kl", "function_space", "random"],
+        help="how the coreset posterior is matched to the data's ('random': a random real subset)",
     )
     synthesize.add_argument("--iterations", type=int, default=200, help="synthesis iterations")
     synthesize.set_defaults(func=cmd_synthesize)
 
-    influence = sub.add_parser("influence", help="self-influence scores (mislabel detection) of an image .npz")
+    influence = sub.add_parser("influence", help="self-influence scores (mislabel detection) of an image .npz",
+                               formatter_class=formatter)
     _add_data_arguments(influence)
-    influence.add_argument("--method", default="gex", choices=["gex", "loss", "grad_norm", "tracin"])
-    influence.add_argument("--members", type=int, default=8, help="geometric-ensemble members")
+    influence.add_argument(
+        "--method", default="gex", choices=["gex", "loss", "grad_norm", "tracin"], help="the influence score"
+    )
+    influence.add_argument(
+        "--n-members", "--members", dest="n_members", type=int, default=8, help="geometric-ensemble members"
+    )
     influence.set_defaults(func=cmd_influence)
     return parser
 

@@ -53,8 +53,51 @@ def _subsample(X, y, n, rng):
     return X[idx], y[idx]
 
 
-def load_npz_images(path, *, n_train=None, n_test=None, random_state=0) -> Bunch:
-    """Load an image ``.npz`` (``X_train, y_train, X_test, y_test``; uint8 NHW or NHWC).
+IMAGE_LAYOUTS = ("auto", "NHWC", "NCHW", "NHW")
+_CHANNEL_COUNTS = (1, 3, 4)
+
+
+def image_layout(shape: tuple[int, ...], layout: str = "auto") -> str:
+    """The layout of an image array of ``shape``: 'NHW' (grey), 'NHWC' or 'NCHW'.
+
+    'auto' reads it from the shape: 3-D arrays are grey ``(N, H, W)``; a 4-D array whose last
+    axis holds 1, 3 or 4 channels (and whose second does not) is channels-last, the reverse
+    channels-first. An array that fits both or neither is ambiguous and raises, naming the
+    shape: pass the layout explicitly.
+    """
+    if layout not in IMAGE_LAYOUTS:
+        raise ValueError(f"layout must be one of {IMAGE_LAYOUTS}; got {layout!r}.")
+    expected_ndim = {"NHW": 3, "NHWC": 4, "NCHW": 4}
+    if layout != "auto":
+        if len(shape) != expected_ndim[layout]:
+            raise ValueError(f"layout={layout!r} needs a {expected_ndim[layout]}-D array; got shape {shape}.")
+        return layout
+    if len(shape) == 3:
+        return "NHW"
+    if len(shape) != 4:
+        raise ValueError(f"Image arrays are (N, H, W), (N, H, W, C) or (N, C, H, W); got shape {shape}.")
+    last, second = shape[3] in _CHANNEL_COUNTS, shape[1] in _CHANNEL_COUNTS
+    if last and not second:
+        return "NHWC"
+    if second and not last:
+        return "NCHW"
+    raise ValueError(
+        f"Cannot tell whether images of shape {shape} are channels-last (N, H, W, C) or channels-first "
+        "(N, C, H, W); pass layout='NHWC' or layout='NCHW' (--layout on the command line)."
+    )
+
+
+def to_nchw(X: np.ndarray, layout: str = "auto") -> np.ndarray:
+    """uint8 images in any :func:`image_layout` as float32 ``(N, C, H, W)`` in [0, 1]."""
+    layout = image_layout(X.shape, layout)
+    X = X.astype(np.float32) / 255.0
+    if layout == "NHW":
+        return X[:, None]
+    return np.ascontiguousarray(X.transpose(0, 3, 1, 2)) if layout == "NHWC" else np.ascontiguousarray(X)
+
+
+def load_npz_images(path, *, n_train=None, n_test=None, random_state=0, layout="auto") -> Bunch:
+    """Load an image ``.npz`` (``X_train, y_train, X_test, y_test``; uint8 NHW, NHWC or NCHW).
 
     Parameters
     ----------
@@ -64,6 +107,9 @@ def load_npz_images(path, *, n_train=None, n_test=None, random_state=0) -> Bunch
         Keep a random subset of this many samples (all when None).
     random_state : int, RandomState or None
         Seed of the subset.
+    layout : {'auto', 'NHWC', 'NCHW', 'NHW'}, default='auto'
+        How the image arrays are laid out; 'auto' reads it from their shape (see
+        :func:`image_layout`) and raises when the shape is ambiguous.
 
     Returns
     -------
@@ -81,14 +127,10 @@ def load_npz_images(path, *, n_train=None, n_test=None, random_state=0) -> Bunch
         X_train, y_train = _subsample(data["X_train"], data["y_train"], n_train, rng)
         X_test, y_test = _subsample(data["X_test"], data["y_test"], n_test, rng)
 
-    def to_nchw(X):
-        X = X.astype(np.float32) / 255.0
-        return X[:, None] if X.ndim == 3 else np.ascontiguousarray(X.transpose(0, 3, 1, 2))
-
     return Bunch(
-        X_train=to_nchw(X_train),
+        X_train=to_nchw(X_train, layout),
         y_train=y_train.astype(np.int64),
-        X_test=to_nchw(X_test),
+        X_test=to_nchw(X_test, layout),
         y_test=y_test.astype(np.int64),
     )
 

@@ -68,7 +68,7 @@ def test_synthesizer_augments_the_coreset_during_synthesis_only():
     from sklearn.datasets import load_digits
 
     from skpcoreset import make_net
-    from skpcoreset.pseudocoreset import PseudocoresetSynthesizer
+    from skpcoreset.pseudocoreset import PosteriorSampler, PseudocoresetSynthesizer
 
     X, y = load_digits(return_X_y=True)
     X, y = (X[:300] / 16).astype(np.float32), y[:300]
@@ -81,7 +81,7 @@ def test_synthesizer_augments_the_coreset_during_synthesis_only():
     params = dict(
         n_per_class=1, net=make_net(lr=0.1, batch_size=64, module__width=8),
         n_experts=1, expert_epochs=3, n_iterations=3, inner_steps=2, n_divergence_samples=2,
-        n_posterior_samples=2, posterior_steps=20, input_shape=(1, 8, 8), random_state=0,
+        posterior=PosteriorSampler(n_samples=2, steps=20), input_shape=(1, 8, 8), random_state=0,
     )
     pc = PseudocoresetSynthesizer(augment=recording_augment, **params).fit(X, y)
     # per iteration: one per inner step, one for the divergence

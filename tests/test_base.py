@@ -100,3 +100,45 @@ def test_torch_seed_is_reproducible_under_concurrent_threads():
     for _ in range(5):
         got = Parallel(n_jobs=4, prefer="threads")(delayed(draw)(s) for s in range(8))
         assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_importing_the_package_loads_nothing_heavy():
+    """``import skpcoreset`` stays instant: torch, sklearn and skorch load with the first name used."""
+    import subprocess
+    import sys
+
+    code = "import sys, skpcoreset; print(sorted(m for m in ('torch', 'sklearn', 'skorch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_public_estimator_imports_from_the_top_level():
+    import inspect
+
+    import skpcoreset
+    from tests.test_common import ESTIMATOR_CLASSES
+
+    for name, cls in ESTIMATOR_CLASSES.items():
+        assert getattr(skpcoreset, name) is cls, name
+    assert set(ESTIMATOR_CLASSES) <= set(skpcoreset.__all__)
+    assert all(inspect.getdoc(getattr(skpcoreset, name)) for name in skpcoreset.__all__ if name != "__version__")
+
+
+def test_shared_parameters_have_one_docstring_and_one_constraint():
+    from skpcoreset._base import _SHARED_DOCS, shared_constraints
+    from tests.test_common import ESTIMATOR_CLASSES
+
+    for name, cls in ESTIMATOR_CLASSES.items():
+        params = inspect_params(cls)
+        for shared in ("input_shape", "mixed_precision", "device", "random_state", "verbose"):
+            if shared in params:
+                assert cls._parameter_constraints[shared] == shared_constraints(shared)[shared], (name, shared)
+                assert "%(" not in cls.__doc__, name
+        assert "Examples" in cls.__doc__, f"{name} has no Examples section"
+    assert set(_SHARED_DOCS) >= {"device", "random_state", "verbose"}
+
+
+def inspect_params(cls):
+    import inspect
+
+    return inspect.signature(cls.__init__).parameters

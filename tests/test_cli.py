@@ -76,3 +76,31 @@ def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["synthesize"])
     assert exc.value.code == 2
+
+
+def test_channels_first_images_are_read_as_channels_first(tiny_npz, tmp_path, capsys):
+    with np.load(tiny_npz) as data:
+        arrays = {key: data[key] for key in data.files}
+    first = tmp_path / "nchw.npz"
+    np.savez(first, **{k: (v[:, None] if k.startswith("X") else v) for k, v in arrays.items()})  # (N, 1, 8, 8)
+    out = tmp_path / "coreset.npz"
+    args = ["synthesize", "--data", str(first), "--out", str(out), "--ipc", "1", "--iterations", "2"]
+    assert main(args) == 0
+    assert "1x8x8 (channels x height x width)" in capsys.readouterr().out
+    with np.load(out) as coreset:
+        assert coreset["X"].shape == (10, 1, 8, 8)
+
+
+def test_ambiguous_layout_is_an_error_that_names_it(tmp_path, capsys):
+    path = tmp_path / "ambiguous.npz"
+    X = np.zeros((20, 3, 8, 3), dtype=np.uint8)
+    np.savez(path, X_train=X, y_train=np.arange(20) % 2, X_test=X, y_test=np.arange(20) % 2)
+    assert main(["influence", "--data", str(path), "--out", str(tmp_path / "s.csv")]) == EXIT_DATA
+    assert "--layout" in capsys.readouterr().err
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["synthesize", "--help"])
+    help_text = capsys.readouterr().out
+    assert "(default: 10)" in help_text and "(default: forward_kl)" in help_text

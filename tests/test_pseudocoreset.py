@@ -18,13 +18,13 @@ from skpcoreset.pseudocoreset import PseudocoresetSynthesizer
 from skpcoreset.pseudocoreset import _divergences as divergences
 from skpcoreset.pseudocoreset._divergences import SynthesisProblem, gaussian_kl_lowrank
 from skpcoreset.pseudocoreset._functional import FlatModel, inner_sgd, soft_cross_entropy
-from skpcoreset.pseudocoreset._samplers import bayesian_model_average, sample_posterior
+from skpcoreset.pseudocoreset._samplers import PosteriorSampler, bayesian_model_average, sample_posterior
 from skpcoreset.pseudocoreset._trajectories import train_expert_trajectories
 
 FAST = dict(
     net=make_net(lr=0.1, batch_size=64, module__hidden_sizes=(32,)),
     n_experts=2, expert_epochs=4, n_iterations=10, inner_steps=5, n_divergence_samples=4,
-    n_measurement=32, n_posterior_samples=3, posterior_steps=80,
+    n_measurement=32, posterior=PosteriorSampler(n_samples=3, steps=80),
 )
 
 
@@ -331,7 +331,7 @@ def test_expert_trajectories_hold_a_checkpoint_per_epoch(module, digits_small):
     experts = [module() for _ in range(2)]
     initial = [FlatModel(e).flatten(e) for e in experts]
     spec = TrainSpec(max_epochs=3, batch_size=64, lr=0.1, optimizer=torch.optim.SGD)
-    trajectories, strategy, interrupted = train_expert_trajectories(
+    trajectories, strategy, _, interrupted = train_expert_trajectories(
         experts, X, torch.from_numpy(y), spec, seeds=[1, 2]
     )
     assert strategy == ("vmap" if isinstance(experts[0], MLP) else "sequential")
@@ -353,7 +353,8 @@ def test_every_divergence_returns_the_coreset_in_the_input_layout(divergence, di
     assert np.isfinite(X_core).all()
     moved = not np.isin(X_core.round(6), X.round(6)).all(axis=1).all()
     assert moved == (divergence != "random")
-    assert len(pc.history_) == (0 if divergence == "random" else FAST["n_iterations"])
+    synthesis = pc.history_["synthesis"][0] if pc.history_["synthesis"] else []
+    assert len(synthesis) == (0 if divergence == "random" else FAST["n_iterations"])
     assert pc.score(X, y) > 0.5
 
 
@@ -370,7 +371,7 @@ def test_image_input_keeps_image_shape_and_dtype(digits_small):
 def _bma_accuracy(divergence, n_per_class, seeds, digits_split):
     X_train, y_train, X_test, y_test = digits_split
     params = dict(
-        n_experts=2, expert_epochs=10, n_iterations=100, posterior_steps=200, n_divergence_samples=8,
+        n_experts=2, expert_epochs=10, n_iterations=100, posterior=PosteriorSampler(steps=200), n_divergence_samples=8,
     )
     return np.mean([
         PseudocoresetSynthesizer(divergence=divergence, n_per_class=n_per_class, random_state=s, **params)
@@ -410,8 +411,9 @@ def test_learned_soft_labels_are_distributions(digits_small):
 @pytest.mark.parametrize("posterior", ["sghmc", "csghmc", "ensemble"])
 def test_posterior_choices_predict_from_the_coreset(posterior, digits_small):
     X, y = digits_small
-    pc = PseudocoresetSynthesizer(divergence="random", n_per_class=3, posterior=posterior, random_state=0, **FAST)
-    pc.set_params(n_posterior_samples=4).fit(X, y)
+    params = {**FAST, "posterior": PosteriorSampler(posterior)}
+    pc = PseudocoresetSynthesizer(divergence="random", n_per_class=3, random_state=0, **params)
+    pc.set_params(posterior__n_samples=4, posterior__steps=80).fit(X, y)
     assert pc.posterior_samples_.shape[0] == 4
     proba = pc.predict_proba(X)
     np.testing.assert_allclose(proba.sum(1), 1.0)
@@ -439,7 +441,7 @@ def test_keyboard_interrupt_keeps_the_best_coreset_so_far(digits_small, monkeypa
     pc = PseudocoresetSynthesizer(n_per_class=1, random_state=0, **params)
     with pytest.warns(UserWarning, match="interrupted after 19.*best coreset so far \\(iteration 11"):
         pc.fit(X, y)
-    assert pc.interrupted_ and len(pc.history_) == 19
+    assert pc.interrupted_ == "synthesis" and len(pc.history_["synthesis"][0]) == 19
     np.testing.assert_allclose(pc.coreset_X_, initial.coreset_X_ - 11e-3, atol=1e-5)
     assert pc.score(X, y) > 0.3
 
@@ -458,7 +460,7 @@ def test_keyboard_interrupt_before_a_full_window_keeps_the_last_coreset(digits_s
     pc = PseudocoresetSynthesizer(n_per_class=1, random_state=0, **{**FAST, "n_iterations": 100})
     with pytest.warns(UserWarning, match="interrupted after 3.*last completed iteration"):
         pc.fit(X, y)
-    assert pc.interrupted_ and len(pc.history_) == 3
+    assert pc.interrupted_ == "synthesis" and len(pc.history_["synthesis"][0]) == 3
     assert pc.coreset_X_.shape == (10, 64) and pc.score(X, y) > 0.3
 
 
@@ -580,3 +582,65 @@ def test_function_space_kl_lives_on_outputs_not_parameters(monkeypatch):
     d = (len(X) + len(problem.X_real)) * problem.n_classes
     assert seen == {"mean": (d,), "factor_p": (d, 3), "factor_q": (d, 5)}
     assert X.grad is not None and X.grad.abs().sum() > 0
+
+
+# -- honest outputs: classes smaller than the coreset, Ctrl-C in every phase -------------------
+def test_more_coreset_rows_than_a_class_has_warns_and_names_the_repeated_rows(digits_small):
+    X, y = digits_small
+    X, y = np.concatenate([X[y != 3], X[y == 3][:2]]), np.concatenate([y[y != 3], [3, 3]])
+    with pytest.warns(UserWarning, match="class 3 has 2"):
+        pc = PseudocoresetSynthesizer(n_per_class=4, random_state=0, **FAST).fit(X, y)
+    start_rows = pc.initial_rows_[pc.coreset_y_ == 3]
+    assert len(start_rows) == 4 and len(np.unique(start_rows)) == 2  # two rows, each used twice
+    with pytest.raises(ValueError, match="distinct rows.*class 3 has 2"):
+        PseudocoresetSynthesizer(divergence="random", n_per_class=4, random_state=0, **FAST).fit(X, y)
+
+
+def test_interrupted_experts_skip_synthesis_and_posterior(digits_small, monkeypatch):
+    from sklearn.exceptions import NotFittedError
+
+    from skpcoreset._train import Trainer
+
+    X, y = digits_small
+    original = Trainer.epoch
+
+    def interrupting_epoch(self, tensors):
+        if len(self.history) == 2:
+            raise KeyboardInterrupt
+        return original(self, tensors)
+
+    monkeypatch.setattr(Trainer, "epoch", interrupting_epoch)
+    pc = PseudocoresetSynthesizer(n_per_class=1, random_state=0, **FAST)
+    with pytest.warns(UserWarning, match="not a pseudocoreset"):
+        X_core, _ = pc.fit_resample(X, y)
+    assert pc.interrupted_ == "experts" and pc.n_iterations_ == 0
+    np.testing.assert_array_equal(X_core, X[pc.initial_rows_])  # the random start, said to be one
+    with pytest.raises(NotFittedError, match="interrupted during 'experts'"):
+        pc.predict_proba(X)
+
+
+def test_interrupted_posterior_keeps_the_coreset(digits_small, monkeypatch):
+    from sklearn.exceptions import NotFittedError
+
+    from skpcoreset.pseudocoreset import _samplers
+
+    X, y = digits_small
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_samplers, "sample_posterior", interrupted)
+    pc = PseudocoresetSynthesizer(n_per_class=1, random_state=0, **FAST)
+    with pytest.warns(UserWarning, match="Posterior sampling interrupted"):
+        pc.fit(X, y)
+    assert pc.interrupted_ == "posterior" and pc.coreset_X_.shape == (10, 64) and pc.n_iterations_ == 10
+    with pytest.raises(NotFittedError, match="posterior"):
+        pc.predict(X)
+
+
+def test_every_phase_shows_progress_at_verbose_1(digits_small, capsys):
+    X, y = digits_small
+    PseudocoresetSynthesizer(n_per_class=1, verbose=1, random_state=0, **FAST).fit(X, y)
+    err = capsys.readouterr().err
+    for phase in ("expert", "synthesis (forward_kl)", "posterior (sghmc)"):
+        assert phase in err

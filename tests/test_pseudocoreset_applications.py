@@ -8,10 +8,10 @@ from skpcoreset import make_net
 from skpcoreset._base import make_generator
 from skpcoreset._skorch import build_member_nets
 from skpcoreset._train import Trainer, TrainSpec
-from skpcoreset.pseudocoreset import PseudocoresetSynthesizer, continual_replay, frozen_features
+from skpcoreset.pseudocoreset import PosteriorSampler, PseudocoresetSynthesizer, continual_replay, frozen_features
 
 # fit_resample only needs the coreset: one posterior sample of one step keeps fits short.
-SMALL = dict(n_experts=1, expert_epochs=8, n_iterations=60, n_posterior_samples=1, posterior_steps=1)
+SMALL = dict(n_experts=1, expert_epochs=8, n_iterations=60, posterior=PosteriorSampler(n_samples=1, steps=1))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_pseudocoreset_of_frozen_features_beats_random_features(split):
     torch.testing.assert_close(
         torch.from_numpy(F_test[:3]), module.features(torch.from_numpy(X_test[y_test >= 5][:3])).detach()
     )
-    params = dict(n_per_class=1, n_experts=2, expert_epochs=10, n_iterations=100, posterior_steps=200)
+    params = dict(n_per_class=1, n_experts=2, expert_epochs=10, n_iterations=100, posterior=PosteriorSampler(steps=200))
     scores = {
         divergence: np.mean([
             PseudocoresetSynthesizer(divergence=divergence, random_state=s, **params)

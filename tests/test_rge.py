@@ -15,7 +15,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from torch.func import functional_call
 
-from skpcoreset.posthoc.graph import RepulsiveEdgeEliminator, SGCClassifier
+from skpcoreset.graph import GCNClassifier, SGCClassifier
+from skpcoreset.graph._operations import as_adjacency, normalized_operator, propagate, remove_edges
+from skpcoreset.graph._softmax_regression import fit_softmax_regression
+from skpcoreset.posthoc.graph import RepulsiveEdgeEliminator
 from skpcoreset.posthoc.graph._edge_influence import (
     SoftmaxRegression,
     candidate_edges,
@@ -26,13 +29,12 @@ from skpcoreset.posthoc.graph._edge_influence import (
     softmax_regression_hessian,
     softmax_regression_hvp,
 )
-from skpcoreset.posthoc.graph._gcn import GCNClassifier, _operator, gcn_edge_influence, influence_direction
+from skpcoreset.posthoc.graph._gcn_influence import gcn_edge_influence, influence_direction
 from skpcoreset.posthoc.graph._rge import (
     default_patience,
     neighbourhood_sets,
     select_repulsive_group,
 )
-from skpcoreset.posthoc.graph._sgc import as_adjacency, fit_softmax_regression, propagate, remove_edges
 
 WEIGHT_DECAY = 1e-2
 
@@ -589,7 +591,7 @@ def test_gcn_influence_predicts_the_change_after_retraining(sbm):
     actual = []
     for k in sample:
         module.load_state_dict(state)
-        operator = _operator(remove_edges(A, edges[:, [k]]), "cpu", torch.float64)
+        operator = normalized_operator(remove_edges(A, edges[:, [k]]), "cpu", torch.float64)
         _lbfgs_refine(module, nodes, labels, weight_decay, operator)
         actual.append(val_loss(module.operator) - base)  # retrained on G \ e, scored on G
     module.load_state_dict(state)
@@ -608,7 +610,7 @@ def _naive_gcn_influence(module, A, edges, train, y_train, direction):
         return float(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, theta)]) @ flat)
 
     base = directional(module.operator)
-    without = [_operator(remove_edges(A, edges[:, [k]]), "cpu", torch.float64) for k in range(edges.shape[1])]
+    without = [normalized_operator(remove_edges(A, edges[:, [k]]), "cpu", torch.float64) for k in range(edges.shape[1])]
     return -(np.array([directional(operator) for operator in without]) - base)
 
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from skorch import NeuralNetClassifier
 from skorch.dataset import ValidSplit
@@ -55,17 +56,22 @@ def test_members_are_seeded_independently_and_reproducibly():
     assert members[0].module_.stages[-1][0].out_features == 10
 
 
-def test_schedule_comes_from_a_skorch_lr_scheduler_callback():
-    import pytest
+def test_a_templates_lr_scheduler_runs_with_its_own_arguments(digits):
+    """Any skorch LRScheduler policy runs as the callback it is (no mapping onto fixed schedules)."""
     from skorch.callbacks import LRScheduler
 
+    from skpcoreset import DeepEnsembleClassifier
+
+    X, y = digits
     assert train_spec_from_net(make_net()).schedule == "constant"
-    cosine = make_net(callbacks=[LRScheduler(policy="CosineAnnealingLR", T_max=10)])
-    assert train_spec_from_net(cosine).schedule == "cosine"
-    step = make_net(callbacks=[("lr", LRScheduler(policy=torch.optim.lr_scheduler.StepLR, step_size=3))])
-    assert train_spec_from_net(step).schedule == "step"
-    with pytest.raises(ValueError, match="ReduceLROnPlateau"):
-        train_spec_from_net(make_net(callbacks=[LRScheduler(policy="ReduceLROnPlateau")]))
+    cosine = make_net(max_epochs=5, lr=0.1, callbacks=[LRScheduler(policy="CosineAnnealingLR", T_max=10)])
+    clf = DeepEnsembleClassifier(cosine, n_members=1, random_state=0).fit(X[:300], y[:300])
+    lr = clf.members_[0].optimizer_.param_groups[0]["lr"]
+    assert lr == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi * 5 / 10)))  # torch's CosineAnnealingLR after 5 steps
+    assert [row["event_lr"] for row in clf.history_["members"][0]][0] == pytest.approx(0.1)
+    plateau = make_net(max_epochs=3, callbacks=[LRScheduler(policy="ReduceLROnPlateau", patience=0, factor=0.5)])
+    clf = DeepEnsembleClassifier(plateau, n_members=1, random_state=0).fit(X[:300], y[:300])
+    assert len(clf.history_["members"][0]) == 3
 
 
 def test_fitted_module_tells_fitted_nets_from_templates(digits):

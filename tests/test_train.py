@@ -47,11 +47,16 @@ def test_schedules_decay_the_learning_rate(data, schedule):
 
 
 def test_early_stopping_restores_best_weights(data):
+    from skorch.callbacks import EarlyStopping
+
     X, y = data
+    stopper = EarlyStopping(patience=2, load_best=True, sink=lambda *_: None).initialize()
     trainer = Trainer(
-        _mlp(0), TrainSpec(max_epochs=50, lr=0.5, optimizer=torch.optim.SGD), generator=make_generator(0), patience=2
+        _mlp(0), TrainSpec(max_epochs=50, lr=0.5, optimizer=torch.optim.SGD), generator=make_generator(0),
+        callbacks=[("early_stopping", stopper)],
     )
     trainer.fit(X[:1000], y[:1000], validation=(X[1000:], y[1000:]))
+    assert trainer.stopped_by_callback and len(trainer.history) < 50
     best = min(record["valid_loss"] for record in trainer.history)
     final = trainer.validation_loss((X[1000:], y[1000:]))
     assert final == pytest.approx(best, rel=1e-5)

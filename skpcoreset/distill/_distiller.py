@@ -335,6 +335,7 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         teacher_seed, student_seed = seed_from_random_state(self._seed, 2)
         train, valid = _validation_split(y, self.validation_fraction, check_random_state(self._seed))
         X_train = self._to_tensor(X[train])
+        self._n_train = len(train)
         y_train = self._to_tensor(y[train], dtype=torch.long)
         self.data_range_ = (float(X_train.min()), float(X_train.max()))
         augment = resolve_augmentation(self.augment, self.input_shape_, fill=self.data_range_[0])
@@ -425,7 +426,8 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
             member.classes_inferred_ = self.classes_  # trained on encoded labels, one output per class
         tensors = (self._to_tensor(X), self._to_tensor(y, dtype=torch.long))
         for member, s in zip(members, seeds[len(nets) :], strict=True):
-            train_members([member.module_], tensors, train_spec_from_net(member), seeds=[s], verbose=self.verbose)
+            spec = train_spec_from_net(member, n_samples=len(X))
+            train_members([member.module_], tensors, spec, seeds=[s], verbose=self.verbose)
         return members
 
     def _make_trainer(self, teacher, generator, augment) -> DistillationTrainer:
@@ -440,7 +442,7 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         )
         return DistillationTrainer(
             self.student_,
-            train_spec_from_net(self._student_template()),
+            train_spec_from_net(self._student_template(), n_samples=self._n_train),
             teacher=teacher,
             perturbation=self.perturbation,
             config=config,

@@ -216,6 +216,7 @@ class BridgeEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimat
         train, held_out = self._split(len(y), next(seeds))
         X_t, y_t = self._to_tensor(X), self._to_tensor(y, dtype=torch.long)
         X_fit, y_fit = X_t[train], y_t[train]
+        self._n_fit = len(train)
         self.history_, self.interrupted_ = {"modes": [], "curves": [], "bridges": []}, False
         self.curves_, self.midpoints_, self.bridges_ = [], [], []
         self._fit_modes(X_fit, y_fit, [next(seeds) for _ in range(2 * self.n_modes)])
@@ -248,7 +249,7 @@ class BridgeEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimat
         return order[n_held:], order[:n_held]
 
     def _spec(self, max_epochs: int | None):
-        spec = train_spec_from_net(self.net)
+        spec = train_spec_from_net(self.net, n_samples=self._n_fit)
         return spec if max_epochs is None else dataclasses.replace(spec, max_epochs=max_epochs)
 
     def _fit_modes(self, X: torch.Tensor, y: torch.Tensor, seeds: list[int]) -> None:

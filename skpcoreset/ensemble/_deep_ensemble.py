@@ -10,31 +10,34 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .._base import TorchEstimatorMixin, seed_from_random_state
-from .._skorch import build_member_nets, train_spec_from_net
-from .._train import predict_batched, train_members
+from .._base import TorchClassifierMixin, fill_doc, shared_constraints
+from .._skorch import train_template_members
 from ..augment import NAMED_AUGMENTATIONS, resolve_augmentation
 
 __all__ = ["DeepEnsembleClassifier"]
 
 
-class DeepEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
+@fill_doc
+class DeepEnsembleClassifier(TorchClassifierMixin, ClassifierMixin, BaseEstimator):
     """An ensemble of independently trained networks whose probabilities are averaged.
 
     Members are clones of a skorch template, initialised from different seeds and trained by
     skpcoreset's loop -- all at once with ``torch.func.vmap`` for dense networks, one after
-    another otherwise. It is the deep-ensemble baseline and the default teacher of
-    :class:`~skpcoreset.distill.DiverseDistiller`.
+    another otherwise. The template's callbacks (``EarlyStopping``, ``LRScheduler``, ...) and
+    ``train_split`` run for every member, as in skorch. It is the deep-ensemble baseline and
+    the default teacher of :class:`~skpcoreset.DiverseDistiller`.
 
     Parameters
     ----------
     net : None, nn.Module subclass or skorch NeuralNetClassifier, default=None
         Member template (see :func:`skpcoreset.make_net`). ``None``: an MLP for flat inputs, a
-        ConvNet for images, 30 epochs of Adam. Its parameters are tunable as ``net__*``.
+        ConvNet for images, 30 epochs of Adam. Its parameters are tunable as ``net__*`` (a bare
+        module class too: ``net__module__width``).
     n_members : int, default=5
         Ensemble size M.
     ensemble_strategy : {'auto', 'vmap', 'sequential'}, default='auto'
-        How members are trained; 'auto' vectorises buffer-free dense networks.
+        How members are trained; 'auto' vectorises buffer-free dense networks whose template
+        has no callbacks or validation split (those need a run per member).
     n_jobs : int or None, default=None
         Threads for training members one after another (the 'sequential' strategy); -1 uses
         all cores. Under ``joblib.parallel_config(backend="dask")`` members go to Dask workers.
@@ -45,27 +48,26 @@ class DeepEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimator
         images (the standard CIFAR augmentation), 'dsa' is differentiable augmentation; a
         callable ``augment(X, generator) -> X`` gets batches ``(B, *input_shape_)``. The named
         options need images (see ``input_shape``).
-    input_shape : tuple of int or None, default=None
-        Shape of one sample when flat rows hold images, e.g. ``(1, 8, 8)``.
-    device : {'cpu', 'cuda', 'cuda:N', 'auto'}, default='cpu'
-    random_state : int, RandomState or None, default=None
-    verbose : int, default=0
-        1 shows a progress bar per member.
+    %(input_shape)s
+    %(mixed_precision)s
+    %(device)s
+    %(random_state)s
+    %(verbose)s
 
     Attributes
     ----------
-    classes_ : ndarray of shape (n_classes,)
     members_ : list of skorch.NeuralNetClassifier
-        The trained members (their ``module_`` holds the weights).
+        The trained members (their ``module_`` holds the weights, their ``history`` the run).
+    logit_modules_ : list of nn.Module
+        The members' modules as maps to logits: ``module_`` itself, or a log-probability view
+        of it when the net's criterion is ``NLLLoss`` (a module ending in a softmax).
     ensemble_strategy_ : str
         The training strategy that ran.
-    history_ : list of list of dict
-        Per-member training loss per epoch.
-    input_shape_ : tuple of int
-    device_ : torch.device
-    n_features_in_ : int
-    interrupted_ : bool
-        True when training was stopped by KeyboardInterrupt (the members keep what they learned).
+    history_ : dict
+        ``{'members': [History, ...]}``: each member's skorch ``History`` (one row per epoch:
+        ``train_loss``, ``valid_loss`` / ``valid_acc`` with a ``train_split``, ``dur``).
+    %(fitted_basics)s
+    %(interrupted)s
 
     Examples
     --------
@@ -83,20 +85,19 @@ class DeepEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimator
         "ensemble_strategy": [StrOptions({"auto", "vmap", "sequential"})],
         "n_jobs": [None, Integral],
         "augment": [None, StrOptions(set(NAMED_AUGMENTATIONS)), callable],
-        "input_shape": [None, tuple, list],
-        "device": [str, torch.device],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
+        **shared_constraints("input_shape", "mixed_precision", "device", "random_state", "verbose"),
     }
 
     def __init__(
         self,
         net=None,
+        *,
         n_members=5,
         ensemble_strategy="auto",
         n_jobs=None,
         augment=None,
         input_shape=None,
+        mixed_precision="no",
         device="cpu",
         random_state=None,
         verbose=0,
@@ -107,6 +108,7 @@ class DeepEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimator
         self.n_jobs = n_jobs
         self.augment = augment
         self.input_shape = input_shape
+        self.mixed_precision = mixed_precision
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -127,32 +129,30 @@ class DeepEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimator
         X, y = self._validate_X_y(X, y)
         augment = resolve_augmentation(self.augment, self.input_shape_, fill=float(X.min()))
         self._init_torch()
-        seeds = seed_from_random_state(self._seed, 2 * self.n_members)
-        self.members_ = build_member_nets(
+        run = train_template_members(
             self.net,
-            input_shape=self.input_shape_,
+            self._to_tensor(X),
+            self._to_tensor(y, dtype=torch.long),
+            n_members=self.n_members,
+            random_state=self._seed,
             n_classes=len(self.classes_),
-            seeds=seeds[: self.n_members],
-            device=self.device_,
-        )
-        tensors = (self._to_tensor(X), self._to_tensor(y, dtype=torch.long))
-        self.ensemble_strategy_, self.history_, self.interrupted_ = train_members(
-            self.member_modules(),
-            tensors,
-            train_spec_from_net(self.net),
-            seeds=seeds[self.n_members :],
             strategy=self.ensemble_strategy,
             n_jobs=self.n_jobs,
             verbose=self.verbose,
             desc="member",
             augment=augment,
+            mixed_precision=self.mixed_precision,
         )
+        self.members_, self.logit_modules_ = run.nets, run.modules
+        self.ensemble_strategy_ = run.strategy
+        self.history_ = {"members": run.histories}
+        self.interrupted_ = "members" if run.interrupted else None
         return self
 
     def member_modules(self) -> list[torch.nn.Module]:
         """The members' torch modules (in eval mode), mapping ``(N, *input_shape_)`` to logits."""
         check_is_fitted(self)
-        return [member.module_.eval() for member in self.members_]
+        return [module.eval() for module in self.logit_modules_]
 
     def member_logits(self, X: torch.Tensor) -> torch.Tensor:
         """Differentiable member logits of shape ``(n_members, N, n_classes)``.
@@ -164,17 +164,7 @@ class DeepEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimator
 
     def member_proba(self, X) -> np.ndarray:
         """Per-member class probabilities, shape ``(n_members, n_samples, n_classes)``."""
-        check_is_fitted(self)
-        X_t = self._to_tensor(self._validate_X(X, reset=False))
-        proba = predict_batched(lambda xb: self.member_logits(xb).softmax(-1).transpose(0, 1), X_t)
-        return proba.transpose(0, 1).double().cpu().numpy()
+        return self._batched_member_proba(self.member_logits, self._validated_tensor(X))
 
-    def predict_proba(self, X) -> np.ndarray:
-        """Mean of the members' probabilities, shape ``(n_samples, n_classes)``."""
-        proba = self.member_proba(X).mean(axis=0)
-        return proba / proba.sum(axis=1, keepdims=True)
-
-    def predict(self, X) -> np.ndarray:
-        """Most probable class label of the averaged prediction."""
-        proba = self.predict_proba(X)
-        return self.classes_[proba.argmax(axis=1)]
+    def _proba(self, X: torch.Tensor) -> np.ndarray:
+        return self._batched_member_proba(self.member_logits, X).mean(axis=0)

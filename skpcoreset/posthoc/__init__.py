@@ -4,11 +4,11 @@
   and a flatness measure that are invariant to function-preserving rescalings.
 - :class:`GeometricEnsembleInfluence`: self- and train-test influence from a geometric ensemble
   (mislabel detection, pruning, relabeling).
-- :class:`SGCClassifier`, :class:`RepulsiveEdgeEliminator`: node classification on graphs and
-  influence-based removal of noisy edges.
+- :class:`RepulsiveEdgeEliminator`: influence-based removal of noisy edges of a graph, for the
+  node classifiers of :mod:`skpcoreset.graph`.
 """
 
-from .graph import RepulsiveEdgeEliminator, SGCClassifier
+from .graph import RepulsiveEdgeEliminator
 from .influence import GeometricEnsembleInfluence
 from .laplace import ConnectivityLaplaceClassifier, connectivity_sharpness, rescale_layers
 
@@ -17,6 +17,5 @@ __all__ = [
     "connectivity_sharpness",
     "rescale_layers",
     "GeometricEnsembleInfluence",
-    "SGCClassifier",
     "RepulsiveEdgeEliminator",
 ]

@@ -64,7 +64,7 @@ def continual_replay(
     module = build_member_nets(
         template, input_shape=input_shape, n_classes=n_classes, seeds=seeds[:1], device=device
     )[0].module_
-    spec = train_spec_from_net(template)
+    spec = train_spec_from_net(template, n_samples=len(tasks[0][1]))
     memory_X = np.empty((0, *input_shape), dtype=np.float32)
     memory_y = np.empty(0, dtype=np.int64)
     accuracy = np.full((len(tasks), len(tasks)), np.nan)

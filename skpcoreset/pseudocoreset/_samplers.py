@@ -10,12 +10,15 @@ p(v_m|u_m, theta)^(N/M).
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 
 from ._functional import FlatModel, soft_cross_entropy
 
-__all__ = ["POSTERIORS", "sample_posterior", "bayesian_model_average"]
+__all__ = ["POSTERIORS", "PosteriorSampler", "sample_posterior", "bayesian_model_average"]
 
 # Zhang et al. (2020, cSGHMC): 4 cycles, noise only in the last 20% of each cycle.
 _CSGHMC_CYCLES = 4
@@ -42,6 +45,7 @@ def _run_chains(
     weight_decay: float,
     generator: torch.Generator,
     collect_at: set[int],
+    progress=iter,
 ) -> list[torch.Tensor]:
     """SGHMC in its SGD-with-momentum form (Chen et al. 2014; Zhang et al. 2020):
 
@@ -52,7 +56,7 @@ def _run_chains(
     thetas = thetas.clone().requires_grad_(True)
     velocity = torch.zeros_like(thetas)
     collected = []
-    for step, (lr, add_noise) in enumerate(zip(lrs, noisy, strict=True)):
+    for step, (lr, add_noise) in progress(enumerate(zip(lrs, noisy, strict=True))):
         (grad,) = torch.autograd.grad(_chain_loss(model, thetas, X, targets, weight_decay), thetas)
         with torch.no_grad():
             velocity.mul_(1 - friction).add_(grad, alpha=-lr)
@@ -79,6 +83,7 @@ def sample_posterior(
     n_represented: int,
     weight_decay: float,
     generator: torch.Generator,
+    progress=None,
 ) -> torch.Tensor:
     """Draw ``n_samples`` parameter vectors ``(n_samples, P)`` from the coreset posterior.
 
@@ -93,6 +98,8 @@ def sample_posterior(
         Independent initialisations; the first rows are used.
     n_represented : int
         N, the number of real points the coreset stands for (scales the noise, T / N).
+    progress : callable or None, default=None
+        ``progress(iterable, total=n_steps)`` wraps the steps (a progress bar).
     """
     noise_std = math.sqrt(temperature / n_represented)
     if method == "csghmc":
@@ -113,7 +120,7 @@ def sample_posterior(
     collected = _run_chains(
         model, initial[:n_chains], X, targets, lrs=lrs, noisy=noisy, friction=0.1,
         noise_std=noise_std, weight_decay=weight_decay, generator=generator,
-        collect_at=collect,
+        collect_at=collect, progress=iter if progress is None else lambda steps_: progress(steps_, total=len(lrs)),
     )
     return torch.cat(collected)[:n_samples]
 
@@ -127,3 +134,71 @@ def bayesian_model_average(
     networks with batch norms.
     """
     return model.predict_batched(samples, statistics or {}, X).softmax(-1).mean(0)
+
+
+class PosteriorSampler(BaseEstimator):
+    """How a coreset's posterior is sampled for Bayesian model averaging.
+
+    The settings of one sampler in one object, given to
+    :class:`~skpcoreset.PseudocoresetSynthesizer` as ``posterior=`` (tunable as
+    ``posterior__lr`` and so on in a grid search).
+
+    Parameters
+    ----------
+    method : {'sghmc', 'csghmc', 'ensemble'}, default='sghmc'
+        'sghmc': one chain per sample at a constant step size, the final state is the sample
+        (the papers' evaluation); 'csghmc': cyclical SGHMC, ceil(n_samples / 4) chains with a
+        cosine step-size cycle repeated 4 times, a sample at the end of each cycle;
+        'ensemble': independent MAP fits with a cosine-decayed step size (no noise).
+    n_samples : int, default=8
+        Posterior samples (networks averaged by ``predict_proba``).
+    steps : int, default=300
+        Steps of each chain (or ensemble member's training) on the coreset. Each step is one
+        forward and backward pass of every chain over the whole coreset.
+    lr : float, default=0.05
+        Step size.
+    temperature : float, default=0.01
+        Posterior temperature T of SGHMC (0.01 in the papers' evaluation); the injected noise
+        is scaled by sqrt(T / N), N the number of real points the coreset stands for.
+    weight_decay : float, default=5e-4
+        Gaussian prior precision per real data point.
+
+    Examples
+    --------
+    >>> from skpcoreset.pseudocoreset import PosteriorSampler, PseudocoresetSynthesizer
+    >>> pc = PseudocoresetSynthesizer(posterior=PosteriorSampler("csghmc", n_samples=16))
+    >>> pc.get_params()["posterior__n_samples"]
+    16
+    """
+
+    _parameter_constraints = {
+        "method": [StrOptions(set(POSTERIORS))],
+        "n_samples": [Interval(Integral, 1, None, closed="left")],
+        "steps": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "temperature": [Interval(Real, 0, None, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+    }
+
+    def __init__(self, method="sghmc", *, n_samples=8, steps=300, lr=0.05, temperature=0.01, weight_decay=5e-4):
+        self.method = method
+        self.n_samples = n_samples
+        self.steps = steps
+        self.lr = lr
+        self.temperature = temperature
+        self.weight_decay = weight_decay
+
+    @classmethod
+    def of(cls, posterior) -> PosteriorSampler:
+        """``posterior`` as a sampler: a method name gets the default settings."""
+        return cls(posterior) if isinstance(posterior, str) else posterior
+
+    def sample(self, model: FlatModel, initial: torch.Tensor, X: torch.Tensor, targets: torch.Tensor, *,
+               n_represented: int, generator: torch.Generator, progress=None) -> torch.Tensor:
+        """Draw ``n_samples`` flat parameter vectors ``(n_samples, P)`` (see :func:`sample_posterior`)."""
+        validate_parameter_constraints(self._parameter_constraints, self.get_params(deep=False), type(self).__name__)
+        return sample_posterior(
+            self.method, model, initial, X, targets, n_samples=self.n_samples, steps=self.steps, lr=self.lr,
+            temperature=self.temperature, n_represented=n_represented, weight_decay=self.weight_decay,
+            generator=generator, progress=progress,
+        )

@@ -16,18 +16,20 @@ from imblearn.utils import check_target_type
 from imblearn.utils._tags import InputTags, SamplerTags, Tags
 from imblearn.utils._validation import ArraysTransformer
 from sklearn.base import BaseEstimator, ClassifierMixin, OneToOneFeatureMixin, _fit_context
+from sklearn.exceptions import NotFittedError
 from sklearn.preprocessing import label_binarize
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
+from skorch.history import History
 
-from .._base import TorchEstimatorMixin, seed_from_random_state
-from .._skorch import build_member_nets, make_net, train_spec_from_net
+from .._base import TorchClassifierMixin, fill_doc, seed_from_random_state, shared_constraints
+from .._skorch import as_template, build_member_nets, logit_module, template_validation_split, train_spec_from_net
 from .._train import predict_batched
 from ..augment import NAMED_AUGMENTATIONS, resolve_augmentation
 from ._divergences import DIVERGENCES, SynthesisProblem
 from ._functional import FlatModel
-from ._samplers import POSTERIORS, bayesian_model_average, sample_posterior
+from ._samplers import POSTERIORS, PosteriorSampler, bayesian_model_average
 from ._trajectories import train_expert_trajectories
 
 __all__ = ["PseudocoresetSynthesizer"]
@@ -48,11 +50,6 @@ _PAPER_MEASUREMENT_SIZES = {"reverse_kl": 1000, "function_space": 256}
 # half the synthesis time (probe_forward_kl_samples*.json).
 _DIVERGENCE_SAMPLES = {"reverse_kl": 30}
 _DEFAULT_DIVERGENCE_SAMPLES = 8
-
-
-def _default_net():
-    """Experts trained by plain SGD, as in the trajectory-matching papers."""
-    return make_net(optimizer=torch.optim.SGD, lr=0.05, batch_size=64)
 
 
 class _BestSoFar:
@@ -78,8 +75,9 @@ class _BestSoFar:
             self.state = (coreset.detach().clone(), label_logits.detach().clone())
 
 
+@fill_doc
 class PseudocoresetSynthesizer(
-    TorchEstimatorMixin, ClassifierMixin, SamplerMixin, OneToOneFeatureMixin, BaseEstimator
+    TorchClassifierMixin, ClassifierMixin, SamplerMixin, OneToOneFeatureMixin, BaseEstimator
 ):
     """Bayesian pseudocoreset: synthetic inputs whose posterior matches the full-data posterior.
 
@@ -101,11 +99,14 @@ default='forward_kl'
         Gaussian posteriors of network outputs; 'random': a class-balanced random subset of
         the data (the baseline, no synthesis).
     n_per_class : int, default=10
-        Coreset rows per class.
+        Coreset rows per class. A class with fewer training rows starts its coreset rows from
+        repeated real rows (a warning names them; ``initial_rows_`` records every start);
+        ``divergence='random'`` needs ``n_per_class`` distinct rows in every class.
     net : None, nn.Module subclass or skorch NeuralNetClassifier, default=None
-        Architecture and expert training (optimiser, lr, batch size); ``None``: an MLP for flat
-        inputs, a ConvNet for images, SGD lr 0.05, batch 64. BatchNorm is supported (see
-        ``posterior_statistics_``); other buffers are not.
+        Architecture and expert training (optimiser, lr, batch size, callbacks); ``None``: an
+        MLP for flat inputs, a ConvNet for images (width 32 on the CPU, 128 on CUDA), plain
+        SGD lr 0.05, batch 64, as the trajectory-matching papers train their experts.
+        BatchNorm is supported (see ``posterior_statistics_``); other buffers are not.
     n_experts : int, default=4
         Expert networks trained on the full data.
     expert_epochs : int, default=15
@@ -149,26 +150,19 @@ default='forward_kl'
         none otherwise; 'shift' / 'shift_flip': translations (and flips) only; a callable
         ``(X, generator) -> X`` on ``(n, *input_shape)`` tensors; None: no augmentation.
         Posterior sampling for prediction never augments.
-    posterior : {'sghmc', 'csghmc', 'ensemble'}, default='sghmc'
-        How ``predict_proba`` samples the coreset posterior.
-    n_posterior_samples : int, default=8
-    posterior_steps : int, default=300
-        Steps of each chain (or each ensemble member's training).
-    posterior_lr : float, default=0.05
-    temperature : float, default=0.01
-        Posterior temperature of SGHMC (0.01 in the official evaluation).
-    weight_decay : float, default=5e-4
-        Gaussian prior precision per real data point.
-    input_shape : tuple of int or None, default=None
-        Shape of one sample when flat rows hold images, e.g. ``(1, 8, 8)``.
+    posterior : {'sghmc', 'csghmc', 'ensemble'} or PosteriorSampler, default='sghmc'
+        How ``predict_proba`` samples the coreset posterior: a :class:`PosteriorSampler` (its
+        settings tunable as ``posterior__*``), or a method name with the sampler's default
+        settings (8 samples of 300 SGHMC steps at lr 0.05, temperature 0.01).
+    %(input_shape)s
     n_jobs : int or None, default=None
         Workers for experts trained one after another (other networks than buffer-free dense
         ones): threads, or Dask workers under ``joblib.parallel_config(backend="dask")``, with
         the same trajectories.
-    device : {'cpu', 'cuda', 'cuda:N', 'auto'}, default='cpu'
-    random_state : int, RandomState or None, default=None
-    verbose : int, default=0
-        1 shows progress bars for the experts and the synthesis.
+    %(mixed_precision)s
+    %(device)s
+    %(random_state)s
+    %(verbose)s
 
     Attributes
     ----------
@@ -178,7 +172,12 @@ default='forward_kl'
         Their labels, from ``classes_``.
     coreset_label_proba_ : ndarray of shape (n_per_class * n_classes, n_classes)
         Soft labels (one-hot unless ``learn_labels``).
-    posterior_samples_ : Tensor of shape (n_posterior_samples, P)
+    initial_rows_ : ndarray of shape (n_per_class * n_classes,)
+        Index of the training row each coreset row started from (the rows themselves for
+        'random'); repeated indices mark classes with fewer than ``n_per_class`` rows.
+    n_iterations_ : int
+        Synthesis iterations completed (0 for 'random', or when interrupted before synthesis).
+    posterior_samples_ : Tensor of shape (posterior.n_samples, P)
         Flat parameters of the posterior samples drawn on the coreset.
     posterior_statistics_ : dict of str to Tensor
         Batch-norm statistics of each posterior sample, computed on the coreset (empty for
@@ -188,22 +187,27 @@ default='forward_kl'
         The architecture (its own weights are unused).
     sampling_strategy_ : OrderedDict
         Rows per class of the resampled data, ``{class: n_per_class}``.
-    history_ : list of float
-        Divergence surrogate per synthesis iteration.
+    history_ : dict
+        ``{'experts': [History, ...], 'synthesis': [History]}``: the experts' skorch
+        histories and one row per synthesis iteration (``iteration``, ``divergence``).
     inner_lr_ : float
         Step size of the inner SGD steps (``inner_lr`` resolved).
     n_divergence_samples_ : int
         Gaussian samples per side (``n_divergence_samples`` resolved).
-    expert_strategy_ : str or None
-        'vmap' or 'sequential' (None for 'random').
+    ensemble_strategy_ : str or None
+        How the experts were trained, 'vmap' or 'sequential' (None for 'random').
     fit_seconds_ : dict
         Wall-clock seconds of the fit's phases: ``'experts'``, ``'synthesis'``, ``'posterior'``.
-    interrupted_ : bool
-        True when expert training or synthesis was stopped by KeyboardInterrupt. An
-        interrupted synthesis keeps its best coreset so far: the one with the lowest mean
-        divergence over the preceding ``max(1, n_iterations // 20)`` iterations (a completed
-        synthesis keeps its last coreset, as the papers do).
-    classes_, n_features_in_, input_shape_, device_
+    interrupted_ : {'experts', 'synthesis', 'posterior'} or None
+        The (last) phase a KeyboardInterrupt stopped; None after a complete fit. Interrupted
+        experts skip synthesis and posterior sampling: ``fit_resample`` returns the random
+        initial rows with a warning that they are no pseudocoreset, and ``predict_proba``
+        raises ``NotFittedError``. Interrupted synthesis keeps its best coreset so far (the one
+        with the lowest mean divergence over the preceding ``max(1, n_iterations // 20)``
+        iterations; a completed synthesis keeps its last coreset, as the papers do) and then
+        samples its posterior, which a second Ctrl-C stops cleanly (no posterior: predicting
+        raises ``NotFittedError``).
+    %(fitted_basics)s
 
     Examples
     --------
@@ -246,22 +250,17 @@ default='forward_kl'
         "n_measurement": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learn_labels": ["boolean"],
         "augment": [None, StrOptions({"auto", *NAMED_AUGMENTATIONS}), callable],
-        "posterior": [StrOptions(set(POSTERIORS))],
-        "n_posterior_samples": [Interval(Integral, 1, None, closed="left")],
-        "posterior_steps": [Interval(Integral, 1, None, closed="left")],
-        "posterior_lr": [Interval(Real, 0, None, closed="neither")],
-        "temperature": [Interval(Real, 0, None, closed="left")],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "input_shape": [None, tuple, list],
+        "posterior": [StrOptions(set(POSTERIORS)), PosteriorSampler],
         "n_jobs": [None, Integral],
-        "device": [str, torch.device],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
+        **shared_constraints("input_shape", "mixed_precision", "device", "random_state", "verbose"),
     }
+
+    _net_role = "expert"
 
     def __init__(
         self,
         divergence="forward_kl",
+        *,
         n_per_class=10,
         net=None,
         n_experts=4,
@@ -278,13 +277,9 @@ default='forward_kl'
         learn_labels=False,
         augment="auto",
         posterior="sghmc",
-        n_posterior_samples=8,
-        posterior_steps=300,
-        posterior_lr=0.05,
-        temperature=0.01,
-        weight_decay=5e-4,
         input_shape=None,
         n_jobs=None,
+        mixed_precision="no",
         device="cpu",
         random_state=None,
         verbose=0,
@@ -306,13 +301,9 @@ default='forward_kl'
         self.learn_labels = learn_labels
         self.augment = augment
         self.posterior = posterior
-        self.n_posterior_samples = n_posterior_samples
-        self.posterior_steps = posterior_steps
-        self.posterior_lr = posterior_lr
-        self.temperature = temperature
-        self.weight_decay = weight_decay
         self.input_shape = input_shape
         self.n_jobs = n_jobs
+        self.mixed_precision = mixed_precision
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -365,25 +356,35 @@ default='forward_kl'
 
     def _fit_resample(self, X, y):
         self._fit(X, y)
+        if self.interrupted_ == "experts" and self.divergence != "random":
+            warnings.warn(
+                "fit was interrupted while training the experts, before any synthesis: the rows "
+                "returned are the random initial subset (initial_rows_), not a pseudocoreset.",
+                UserWarning,
+                stacklevel=3,
+            )
         return self.coreset_X_, self.coreset_y_
 
     def predict_proba(self, X) -> np.ndarray:
         """Bayesian model average over the coreset posterior, shape ``(n_samples, n_classes)``."""
         check_is_fitted(self)
+        if not hasattr(self, "posterior_samples_"):
+            raise NotFittedError(
+                f"fit was interrupted during {self.interrupted_!r}, before the coreset posterior was "
+                "sampled; the coreset itself is kept (coreset_X_, coreset_y_). Refit to predict."
+            )
         # float64: float32 kernels round differently for different batch sizes, and a row's
         # prediction must not depend on the rows it is predicted with.
-        X_t = self._to_tensor(self._validate_X(X, reset=False), dtype=torch.float64)
+        return super().predict_proba(X)
+
+    def _validated_tensor(self, X, dtype=torch.float64) -> torch.Tensor:
+        return super()._validated_tensor(X, dtype=dtype)
+
+    def _proba(self, X: torch.Tensor) -> torch.Tensor:
         model = FlatModel(self.module_)
         samples = self.posterior_samples_.double()
         statistics = {name: value.double() for name, value in self.posterior_statistics_.items()}
-        proba = predict_batched(lambda xb: bayesian_model_average(model, samples, xb, statistics), X_t)
-        proba = proba.cpu().numpy()
-        return proba / proba.sum(axis=1, keepdims=True)
-
-    def predict(self, X) -> np.ndarray:
-        """Most probable class of the model average."""
-        proba = self.predict_proba(X)
-        return self.classes_[proba.argmax(axis=1)]
+        return predict_batched(lambda xb: bayesian_model_average(model, samples, xb, statistics), X)
 
     # -- fitting --------------------------------------------------------------------------
     def _fit(self, X, y):
@@ -391,51 +392,64 @@ default='forward_kl'
             y = check_target_type(y)  # one-vs-all rows -> class index; true multilabel raises
         X, y = self._validate_X_y(X, y)
         augment = resolve_augmentation(self.augment, self.input_shape_)  # fail before training
+        posterior = PosteriorSampler.of(self.posterior)
         generator = self._init_torch()
         n_classes = len(self.classes_)
-        init_seeds = seed_from_random_state(self._seed, self.n_experts + self.n_posterior_samples + 1)
+        init_seeds = seed_from_random_state(self._seed, self.n_experts + posterior.n_samples + 1)
         X_t, y_t = self._to_tensor(X), self._to_tensor(y, dtype=torch.long)
-        modules = [
-            net.module_
-            for net in build_member_nets(
-                self._net_template(), input_shape=self.input_shape_, n_classes=n_classes,
-                seeds=init_seeds[: self.n_experts + self.n_posterior_samples],
-                device=self.device_,
-            )
-        ]
+        template = as_template(self.net, self._net_role)
+        nets = build_member_nets(
+            template, input_shape=self.input_shape_, n_classes=n_classes,
+            seeds=init_seeds[: self.n_experts + posterior.n_samples], device=self.device_, verbose=self.verbose,
+        )
+        modules = [logit_module(net.module_, net, X_t[:8]) for net in nets]
         self.module_ = copy.deepcopy(modules[0]).eval()
         model = FlatModel(self.module_)
-        posterior_init = torch.stack([model.flatten(m) for m in modules[self.n_experts :]])
 
-        index = self._initial_rows(y, n_classes, np.random.RandomState(init_seeds[-1]))
-        coreset = X_t[index].clone()
-        label_logits = torch.nn.functional.one_hot(y_t[index], n_classes).float() * _LABEL_LOGIT_SCALE
-        self.history_, self.interrupted_, self.expert_strategy_ = [], False, None
-        self.inner_lr_ = self._resolve_inner_lr()
+        self.initial_rows_ = self._initial_rows(y, n_classes, np.random.RandomState(init_seeds[-1]))
+        coreset = X_t[self.initial_rows_].clone()
+        label_logits = torch.nn.functional.one_hot(y_t[self.initial_rows_], n_classes).float() * _LABEL_LOGIT_SCALE
+        self.history_ = {"experts": [], "synthesis": []}
+        self.interrupted_, self.ensemble_strategy_, self.n_iterations_ = None, None, 0
+        self.inner_lr_ = self._resolve_inner_lr(template, len(X))
         self.n_divergence_samples_ = self._for_divergence(
             self.n_divergence_samples, _DIVERGENCE_SAMPLES, _DEFAULT_DIVERGENCE_SAMPLES
         )
-        self.fit_seconds_ = {"experts": 0.0, "synthesis": 0.0}
+        self.fit_seconds_ = {"experts": 0.0, "synthesis": 0.0, "posterior": 0.0}
         if self.divergence != "random" and self.n_iterations > 0:
             coreset, label_logits = self._synthesise(
-                model, modules[: self.n_experts], X_t, y_t, coreset, label_logits, generator,
-                init_seeds[: self.n_experts], augment,
+                model, template, nets[: self.n_experts], modules[: self.n_experts], X_t, y_t, coreset,
+                label_logits, generator, init_seeds[: self.n_experts], augment,
             )
-        targets = self._targets(label_logits, y_t[index], n_classes).detach()
+        targets = self._targets(label_logits, y_t[self.initial_rows_], n_classes).detach()
         self.coreset_X_ = coreset.detach().cpu().numpy()
-        self.coreset_y_ = self.classes_[y[index]]
+        self.coreset_y_ = self.classes_[y[self.initial_rows_]]
         self.coreset_label_proba_ = targets.cpu().numpy().astype(np.float64)
         self.sampling_strategy_ = OrderedDict((c, self.n_per_class) for c in self.classes_)
-        started = self._clock()
-        self.posterior_samples_ = sample_posterior(
-            self.posterior, model, posterior_init, coreset.detach(), targets,
-            n_samples=self.n_posterior_samples, steps=self.posterior_steps, lr=self.posterior_lr,
-            temperature=self.temperature, n_represented=len(X), weight_decay=self.weight_decay,
-            generator=generator,
-        )
-        self.posterior_statistics_ = model.statistics(self.posterior_samples_, coreset.detach())
-        self.fit_seconds_["posterior"] = self._clock() - started
+        if self.interrupted_ != "experts":  # an unsynthesised coreset gets no posterior to predict with
+            posterior_init = torch.stack([model.flatten(m) for m in modules[self.n_experts :]])
+            self._sample_posterior(posterior, model, posterior_init, coreset.detach(), targets, len(X), generator)
         return self
+
+    def _sample_posterior(self, posterior, model, initial, coreset, targets, n_represented, generator) -> None:
+        started = self._clock()
+        try:
+            samples = posterior.sample(
+                model, initial, coreset, targets, n_represented=n_represented, generator=generator,
+                progress=lambda steps, total: self._progress(steps, desc=f"posterior ({posterior.method})", total=total),
+            )
+        except KeyboardInterrupt:
+            self.interrupted_ = "posterior"
+            warnings.warn(
+                "Posterior sampling interrupted; the coreset is kept, predict_proba needs a refit.",
+                UserWarning,
+                stacklevel=4,
+            )
+            return
+        finally:
+            self.fit_seconds_["posterior"] = self._clock() - started
+        self.posterior_samples_ = samples
+        self.posterior_statistics_ = model.statistics(samples, coreset)
 
     def _clock(self) -> float:
         """Wall-clock seconds, after the device's queued work has finished."""
@@ -443,15 +457,27 @@ default='forward_kl'
             torch.cuda.synchronize(self.device_)
         return time.perf_counter()
 
-    def _net_template(self):
-        return _default_net() if self.net is None else self.net
-
     def _initial_rows(self, y: np.ndarray, n_classes: int, rng) -> np.ndarray:
-        """``n_per_class`` random rows of each class (with replacement only for rare classes)."""
-        rows = []
+        """``n_per_class`` random rows of each class; classes with fewer rows repeat rows (with a warning)."""
+        rows, short = [], []
         for c in range(n_classes):
             members = np.flatnonzero(y == c)
+            if len(members) < self.n_per_class:
+                short.append((self.classes_[c], len(members)))
             rows.append(rng.choice(members, self.n_per_class, replace=len(members) < self.n_per_class))
+        if short:
+            listed = ", ".join(f"class {c!r} has {n}" for c, n in ((np.asarray(c).item(), n) for c, n in short))
+            if self.divergence == "random":
+                raise ValueError(
+                    f"divergence='random' draws n_per_class={self.n_per_class} distinct rows of every class, "
+                    f"but {listed} row(s); lower n_per_class."
+                )
+            warnings.warn(
+                f"n_per_class={self.n_per_class} exceeds the rows of some classes ({listed}): their coreset "
+                "rows start from repeated real rows (see initial_rows_) and are synthesised apart.",
+                UserWarning,
+                stacklevel=4,
+            )
         return np.concatenate(rows)
 
     def _targets(self, label_logits, labels, n_classes) -> torch.Tensor:
@@ -459,13 +485,24 @@ default='forward_kl'
             return label_logits.softmax(-1)
         return torch.nn.functional.one_hot(labels, n_classes).to(label_logits.dtype)
 
-    def _synthesise(self, model, experts, X, y, coreset, label_logits, generator, seeds, augment):
+    def _synthesise(self, model, template, nets, experts, X, y, coreset, label_logits, generator, seeds, augment):
         started = self._clock()
-        trajectories, self.expert_strategy_, interrupted = train_expert_trajectories(
-            experts, X, y, self._expert_spec(), seeds=seeds, verbose=self.verbose, n_jobs=self.n_jobs,
+        X_experts, y_experts = X, y
+        split = template_validation_split(template, y.cpu().numpy())
+        if split is not None:  # the template's train_split: experts train on its training part
+            train = torch.as_tensor(split[0], device=X.device)
+            X_experts, y_experts = X[train], y[train]
+        trajectories, self.ensemble_strategy_, histories, interrupted = train_expert_trajectories(
+            experts, X_experts, y_experts, self._expert_spec(template, len(X_experts)), seeds=seeds, nets=nets,
+            verbose=self.verbose, mixed_precision=self.mixed_precision, n_jobs=self.n_jobs,
         )
+        self.history_["experts"] = histories
+        self.fit_seconds_["experts"] = self._clock() - started
         n_epochs = trajectories.shape[1] - 1
         target_epochs = min(self.target_epochs, n_epochs)
+        if interrupted or target_epochs < 1:
+            self.interrupted_ = "experts"
+            return coreset, label_logits
         problem = SynthesisProblem(
             model=model, trajectories=trajectories, X_real=X, y_real=y,
             n_classes=len(self.classes_), inner_steps=self.inner_steps, inner_lr=self.inner_lr_,
@@ -479,19 +516,15 @@ default='forward_kl'
             generator=generator,
             augment=augment,
         )
-        self.fit_seconds_["experts"] = self._clock() - started
-        if interrupted or target_epochs < 1:
-            self.interrupted_ = True
-            return coreset, label_logits
         started = self._clock()
-        result = self._optimise_coreset(problem, coreset, label_logits, y)
+        result = self._optimise_coreset(problem, coreset, label_logits)
         self.fit_seconds_["synthesis"] = self._clock() - started
         return result
 
-    def _resolve_inner_lr(self) -> float:
+    def _resolve_inner_lr(self, template, n_samples: int) -> float:
         if self.inner_lr != "auto":
             return float(self.inner_lr)
-        spec = self._expert_spec()
+        spec = self._expert_spec(template, n_samples)
         sgd_experts = isinstance(spec.optimizer, type) and issubclass(spec.optimizer, torch.optim.SGD)
         return 2.0 * spec.lr if sgd_experts else 0.1
 
@@ -499,12 +532,12 @@ default='forward_kl'
         """``value``, or when it is 'auto' this divergence's entry of ``defaults`` (else ``fallback``)."""
         return defaults.get(self.divergence, fallback) if value == "auto" else value
 
-    def _expert_spec(self):
-        spec = train_spec_from_net(self._net_template())
+    def _expert_spec(self, template, n_samples: int):
+        spec = train_spec_from_net(template, n_samples=n_samples)
         spec.max_epochs = self.expert_epochs
         return spec
 
-    def _optimise_coreset(self, problem, coreset, label_logits, y):
+    def _optimise_coreset(self, problem, coreset, label_logits):
         coreset = coreset.clone().requires_grad_(True)
         label_logits = label_logits.clone().requires_grad_(self.learn_labels)
         labels = label_logits.argmax(-1)
@@ -523,18 +556,21 @@ default='forward_kl'
                 losses.append(loss.detach())
                 best.update(losses, coreset, label_logits)
         except KeyboardInterrupt:
-            self.interrupted_ = True
+            self.interrupted_ = "synthesis"
             if best.state is not None:
                 coreset, label_logits = best.state
                 kept = f"the best coreset so far (iteration {best.iteration}, lowest running mean divergence)"
             else:
                 kept = "the coreset of the last completed iteration"
             warnings.warn(
-                f"Synthesis interrupted after {len(losses)} iteration(s); keeping {kept}.",
+                f"Synthesis interrupted after {len(losses)} iteration(s); keeping {kept}. Its posterior is "
+                "sampled next (Ctrl-C again to skip it).",
                 UserWarning,
                 stacklevel=3,
             )
-        self.history_ = torch.stack(losses).cpu().tolist() if losses else []
+        self.n_iterations_ = len(losses)
+        values = torch.stack(losses).cpu().tolist() if losses else []
+        self.history_["synthesis"] = [History({"iteration": i + 1, "divergence": v} for i, v in enumerate(values))]
         return coreset.detach(), label_logits.detach()
 
     # -- tags -----------------------------------------------------------------------------

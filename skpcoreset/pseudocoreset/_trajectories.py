@@ -1,8 +1,9 @@
 """Expert trajectories: networks trained on the full data, a flat checkpoint after every epoch.
 
-The experts are trained by the shared loop (:mod:`skpcoreset._train`); only the ``epoch`` rung
-is extended to snapshot the parameters, so vectorised (vmap) and sequential training both
-produce a ``(n_experts, n_epochs + 1, P)`` tensor that stays on the device for synthesis.
+The experts are trained by the shared loop (:mod:`skpcoreset._train`) with a
+:class:`~skpcoreset._train.ParameterSnapshots` callback, so vectorised (vmap) and sequential
+training both produce a ``(n_experts, n_epochs + 1, P)`` tensor that stays on the device for
+synthesis. Sequential experts run their skorch net's own callbacks too.
 """
 
 from __future__ import annotations
@@ -12,40 +13,20 @@ from torch import nn
 
 from .._base import make_generator
 from .._parallel import map_members
-from .._train import Trainer, TrainSpec, VmapEnsembleTrainer, choose_ensemble_strategy
+from .._train import (
+    ParameterSnapshots,
+    Trainer,
+    TrainSpec,
+    VmapEnsembleTrainer,
+    _needs_own_runs,
+    choose_ensemble_strategy,
+)
 
 __all__ = ["train_expert_trajectories"]
 
 
 def _flat(parameters) -> torch.Tensor:
     return torch.cat([p.detach().reshape(p.shape[0], -1) for p in parameters], dim=1)
-
-
-class _Checkpointing:
-    """Mixin for the shared trainers: snapshot the flat parameters before training and after each epoch."""
-
-    def fit(self, *tensors, validation=None):
-        self.checkpoints = [self._snapshot()]
-        return super().fit(*tensors, validation=validation)
-
-    def epoch(self, tensors):
-        loss = super().epoch(tensors)
-        self.checkpoints.append(self._snapshot())
-        return loss
-
-
-class _CheckpointingTrainer(_Checkpointing, Trainer):
-    """One expert; a snapshot has shape ``(1, P)``."""
-
-    def _snapshot(self) -> torch.Tensor:
-        return _flat(p.unsqueeze(0) for p in self.module.parameters())
-
-
-class _CheckpointingVmapTrainer(_Checkpointing, VmapEnsembleTrainer):
-    """All experts at once; a snapshot holds every member, shape ``(n_experts, P)``."""
-
-    def _snapshot(self) -> torch.Tensor:
-        return _flat(self.params.values())
 
 
 def train_expert_trajectories(
@@ -55,46 +36,69 @@ def train_expert_trajectories(
     spec: TrainSpec,
     *,
     seeds: list[int],
+    nets: list | None = None,
     strategy: str = "auto",
     verbose: int = 0,
     n_jobs: int | None = None,
-) -> tuple[torch.Tensor, str, bool]:
+    **trainer_kwargs,
+) -> tuple[torch.Tensor, str, list, bool]:
     """Train ``modules`` on ``(X, y)`` and return their checkpoints.
 
     Sequential experts run in ``n_jobs`` joblib workers (threads, or Dask workers under
     ``joblib.parallel_config(backend="dask")``; see :mod:`skpcoreset._parallel`), with the same
     result as one after another.
 
+    Parameters
+    ----------
+    nets : list of skorch NeuralNet or None
+        The experts' skorch nets (their callbacks run, their histories record the runs).
+
     Returns
     -------
     trajectories : Tensor of shape (n_experts, n_completed_epochs + 1, P)
         Flat parameters at initialisation and after every completed epoch. When training is
-        interrupted, every expert is cut to the epochs all of them completed.
+        interrupted (or a callback stops an expert early), every expert is cut to the epochs
+        all of them completed.
     strategy : str
         'vmap' or 'sequential', the training strategy that ran.
+    histories : list of skorch History
     interrupted : bool
     """
-    strategy = choose_ensemble_strategy(modules, strategy)
+    nets = list(nets) if nets is not None else [None] * len(modules)
+    own_runs = _needs_own_runs([net for net in nets if net is not None])
+    strategy = choose_ensemble_strategy(modules, strategy, per_member_runs=own_runs)
     device = X.device
     if strategy == "vmap":
-        trainer = _CheckpointingVmapTrainer(
+        trainer = VmapEnsembleTrainer(
             modules, spec, generator=make_generator(seeds[0], device), verbose=verbose,
-            desc=f"experts (vmap x{len(modules)})",
-        ).fit(X, y)
-        return torch.stack(trainer.checkpoints, dim=1), strategy, trainer.interrupted
-    per_member = [{"seed": seed, "desc": f"expert {m + 1}/{len(modules)}"} for m, seed in enumerate(seeds)]
+            desc=f"experts (vmap x{len(modules)})", **trainer_kwargs,
+        )
+        snapshots = ParameterSnapshots(lambda: _flat(trainer.params.values()))
+        trainer.extra_callbacks.append(("trajectory", snapshots))
+        trainer.fit(X, y)
+        return torch.stack(snapshots.snapshots, dim=1), strategy, [trainer.history] * len(modules), trainer.interrupted
+    per_member = [
+        {"seed": seeds[m], "net": nets[m], "desc": f"expert {m + 1}/{len(modules)}"} for m in range(len(modules))
+    ]
     results = map_members(
-        _train_expert, modules, per_member[: len(modules)], n_jobs=n_jobs, stop=lambda result: result[1],
-        X=X, y=y, spec=spec, verbose=verbose,
+        _train_expert, modules, per_member, n_jobs=n_jobs, stop=lambda result: result[2],
+        X=X, y=y, spec=spec, verbose=verbose, trainer_kwargs=trainer_kwargs,
     )
-    runs = [run.to(device) for run, _ in results]
+    runs = [run.to(device) for run, _, _ in results]
+    histories = [history for _, history, _ in results]
+    for net, history in zip(nets, histories, strict=False):
+        if net is not None:  # a process worker recorded into its copy of the net
+            net.history = history
     length = min(len(run) for run in runs)
-    return torch.stack([run[:length] for run in runs]), strategy, any(interrupted for _, interrupted in results)
+    return torch.stack([run[:length] for run in runs]), strategy, histories, any(r[2] for r in results)
 
 
-def _train_expert(module: nn.Module, *, seed: int, desc: str, X, y, spec: TrainSpec, verbose: int):
-    """One expert (picklable, for process workers): checkpoints ``(n_epochs + 1, P)``, interrupted."""
-    trainer = _CheckpointingTrainer(
-        module, spec, generator=make_generator(seed, X.device), verbose=verbose, desc=desc
+def _train_expert(module: nn.Module, *, seed: int, net, desc: str, X, y, spec: TrainSpec, verbose: int,
+                  trainer_kwargs: dict):
+    """One expert (picklable, for process workers): checkpoints ``(n_epochs + 1, P)``, history, interrupted."""
+    snapshots = ParameterSnapshots(lambda: _flat(p.unsqueeze(0) for p in module.parameters()))
+    trainer = Trainer(
+        module, spec, generator=make_generator(seed, X.device), net=net, verbose=verbose, desc=desc,
+        callbacks=[("trajectory", snapshots)], **trainer_kwargs,
     ).fit(X, y)
-    return torch.cat(trainer.checkpoints), trainer.interrupted
+    return torch.cat(snapshots.snapshots), trainer.history, trainer.interrupted

@@ -1,4 +1,4 @@
-from skpcoreset.posthoc.graph import SGCClassifier
+from skpcoreset.graph import SGCClassifier
 
 TINY_PARAMS = {
     "SGCClassifier": {"weight_decay": 1e-3, "max_iter": 50},

@@ -1,4 +1,5 @@
 from skpcoreset import make_net
+from skpcoreset.pseudocoreset import PosteriorSampler
 
 # Experts: one 2-epoch MLP; 5 synthesis steps; 2 posterior samples of 60 steps.
 TINY_PARAMS = {
@@ -12,9 +13,7 @@ TINY_PARAMS = {
         "inner_steps": 3,
         "n_divergence_samples": 2,
         "n_measurement": 16,
-        "n_posterior_samples": 2,
-        "posterior_steps": 60,
-        "posterior_lr": 0.1,
+        "posterior": PosteriorSampler(n_samples=2, steps=60, lr=0.1),
     },
 }
 

@@ -1,7 +1,5 @@
-"""Graph node classification and influence-based edge removal (SGC, GCN, RGE)."""
+"""Influence-based removal of noisy edges (RGE) and the edge influence of SGC and GCN."""
 
-from ._gcn import GCNClassifier
 from ._rge import RepulsiveEdgeEliminator
-from ._sgc import SGCClassifier
 
-__all__ = ["SGCClassifier", "GCNClassifier", "RepulsiveEdgeEliminator"]
+__all__ = ["RepulsiveEdgeEliminator"]

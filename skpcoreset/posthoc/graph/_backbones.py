@@ -17,9 +17,11 @@ import torch.nn.functional as F
 from sklearn.base import clone
 
 from ..._base import make_generator, seed_from_random_state
+from ...graph import GCNClassifier, SGCClassifier
+from ...graph._operations import normalized_operator, propagate
+from ...graph._softmax_regression import fit_softmax_regression
 from ._edge_influence import SoftmaxRegression, edge_influence
-from ._gcn import GCNClassifier, _operator, gcn_edge_influence
-from ._sgc import SGCClassifier, fit_softmax_regression, propagate
+from ._gcn_influence import gcn_edge_influence
 
 __all__ = ["GraphTask", "InfluenceOptions", "make_backbone"]
 
@@ -127,7 +129,7 @@ class GCNBackbone:
             raise ValueError("With the GCN backbone every class needs at least one training node.")
         module = self.estimator.module_
         if self.val_operator is None:
-            self.val_operator = _operator(self.task.original, module.X.device, module.X.dtype)
+            self.val_operator = normalized_operator(self.task.original, module.X.device, module.X.dtype)
         with torch.no_grad():
             return _validation_scores(module(self.val_nodes, self.val_operator), self.y_val)
 

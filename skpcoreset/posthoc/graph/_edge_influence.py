@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ._sgc import propagate
+from ...graph._operations import propagate
 
 __all__ = [
     "SoftmaxRegression",
@@ -33,6 +33,8 @@ __all__ = [
     "softmax_regression_hessian",
     "softmax_regression_hvp",
     "inverse_hvp",
+    "TrainingGraph",
+    "EdgeTriplets",
 ]
 
 
@@ -144,7 +146,7 @@ def candidate_edges(adjacency: sp.csr_matrix, train_index: np.ndarray) -> np.nda
 
 
 @dataclass
-class _Graph:
+class TrainingGraph:
     """CSR neighbour lists (self loops included) and normalisation of one graph, on a device."""
 
     indptr: torch.Tensor
@@ -155,7 +157,7 @@ class _Graph:
     is_train: torch.Tensor
 
     @classmethod
-    def build(cls, adjacency: sp.csr_matrix, train_index: np.ndarray, device, dtype) -> _Graph:
+    def build(cls, adjacency: sp.csr_matrix, train_index: np.ndarray, device, dtype) -> TrainingGraph:
         n = adjacency.shape[0]
         closed = (adjacency + sp.eye(n, format="csr")).tocsr()
         closed.sort_indices()
@@ -179,44 +181,44 @@ class _Graph:
 
 
 @dataclass
-class _Triplets:
+class EdgeTriplets:
     """A batch of sparse per-edge vectors: value ``values[k]`` at ``(edge[k], node[k])``."""
 
     edge: torch.Tensor
     node: torch.Tensor
     values: torch.Tensor
 
-    def __add__(self, other: _Triplets) -> _Triplets:
-        return _Triplets(
+    def __add__(self, other: EdgeTriplets) -> EdgeTriplets:
+        return EdgeTriplets(
             torch.cat([self.edge, other.edge]),
             torch.cat([self.node, other.node]),
             torch.cat([self.values, other.values]),
         )
 
-    def scaled(self, factor: torch.Tensor) -> _Triplets:
-        return _Triplets(self.edge, self.node, self.values * factor[:, None])
+    def scaled(self, factor: torch.Tensor) -> EdgeTriplets:
+        return EdgeTriplets(self.edge, self.node, self.values * factor[:, None])
 
-    def where(self, keep: torch.Tensor) -> _Triplets:
-        return _Triplets(self.edge[keep], self.node[keep], self.values[keep])
+    def where(self, keep: torch.Tensor) -> EdgeTriplets:
+        return EdgeTriplets(self.edge[keep], self.node[keep], self.values[keep])
 
-    def spread(self, indptr: torch.Tensor, indices: torch.Tensor) -> _Triplets:
+    def spread(self, indptr: torch.Tensor, indices: torch.Tensor) -> EdgeTriplets:
         """Multiply by the (symmetric, binary) matrix whose neighbour lists are given."""
         counts = indptr[self.node + 1] - indptr[self.node]
         total = int(counts.sum())
         starts = torch.cumsum(counts, 0) - counts
         offsets = torch.arange(total, device=counts.device) - starts.repeat_interleave(counts, output_size=total)
         positions = indptr[self.node].repeat_interleave(counts, output_size=total) + offsets
-        return _Triplets(
+        return EdgeTriplets(
             self.edge.repeat_interleave(counts, output_size=total),
             indices[positions],
             self.values.repeat_interleave(counts, dim=0, output_size=total),
         )
 
-    def coalesce(self, n_nodes: int) -> _Triplets:
+    def coalesce(self, n_nodes: int) -> EdgeTriplets:
         keys, inverse = torch.unique(self.edge * n_nodes + self.node, return_inverse=True)
         values = torch.zeros(len(keys), self.values.shape[1], dtype=self.values.dtype, device=self.values.device)
         values.index_add_(0, inverse, self.values)
-        return _Triplets(keys // n_nodes, keys % n_nodes, values)
+        return EdgeTriplets(keys // n_nodes, keys % n_nodes, values)
 
     def at(self, nodes: torch.Tensor, n_edges: int) -> torch.Tensor:
         """Dense ``(n_edges, dim)`` values at node ``nodes[e]`` of each edge (coalesced input)."""
@@ -225,7 +227,7 @@ class _Triplets:
         return out.index_put_((self.edge[hit],), self.values[hit], accumulate=True)
 
 
-def _propagation_change(graph: _Graph, Q: torch.Tensor, base: dict, u: torch.Tensor, v: torch.Tensor) -> _Triplets:
+def _propagation_change(graph: TrainingGraph, Q: torch.Tensor, base: dict, u: torch.Tensor, v: torch.Tensor) -> EdgeTriplets:
     """Change of ``A_hat^2 Q`` at training nodes when each edge ``(u[e], v[e])`` is deleted.
 
     With ``R = D^-1/2``, ``M = A + I`` and ``E`` the deleted pair,
@@ -237,41 +239,41 @@ def _propagation_change(graph: _Graph, Q: torch.Tensor, base: dict, u: torch.Ten
     r = graph.degree.rsqrt()
     ru_new, rv_new = (graph.degree[u] - 1).rsqrt(), (graph.degree[v] - 1).rsqrt()
 
-    def new_scale(t: _Triplets, power: int) -> torch.Tensor:
+    def new_scale(t: EdgeTriplets, power: int) -> torch.Tensor:
         scale = r[t.node].clone()
         scale = torch.where(t.node == u[t.edge], ru_new[t.edge], scale)
         scale = torch.where(t.node == v[t.edge], rv_new[t.edge], scale)
         return scale**power
 
     # a = R'Q: changes at u and v
-    delta_a = _Triplets(batch, u, (ru_new - r[u])[:, None] * Q[u]) + _Triplets(
+    delta_a = EdgeTriplets(batch, u, (ru_new - r[u])[:, None] * Q[u]) + EdgeTriplets(
         batch, v, (rv_new - r[v])[:, None] * Q[v]
     )
     # b = (M - E) a
     delta_b = delta_a.spread(graph.indptr, graph.indices)
-    delta_b = delta_b + _Triplets(batch, u, -rv_new[:, None] * Q[v]) + _Triplets(batch, v, -ru_new[:, None] * Q[u])
+    delta_b = delta_b + EdgeTriplets(batch, u, -rv_new[:, None] * Q[v]) + EdgeTriplets(batch, v, -ru_new[:, None] * Q[u])
     delta_b = delta_b.coalesce(n_nodes)
     # c = R'^2 b
     delta_c = delta_b.scaled(new_scale(delta_b, 2))
-    delta_c = delta_c + _Triplets(batch, u, (ru_new**2 - r[u] ** 2)[:, None] * base["B"][u])
-    delta_c = (delta_c + _Triplets(batch, v, (rv_new**2 - r[v] ** 2)[:, None] * base["B"][v])).coalesce(n_nodes)
+    delta_c = delta_c + EdgeTriplets(batch, u, (ru_new**2 - r[u] ** 2)[:, None] * base["B"][u])
+    delta_c = (delta_c + EdgeTriplets(batch, v, (rv_new**2 - r[v] ** 2)[:, None] * base["B"][v])).coalesce(n_nodes)
     c_u = base["C"][u] + delta_c.at(u, len(u))
     c_v = base["C"][v] + delta_c.at(v, len(u))
     # d = (M - E) c, kept at training nodes only
     delta_d = delta_c.spread(graph.train_indptr, graph.train_indices)
     delta_d = (
         delta_d
-        + _Triplets(batch, u, -c_v).where(graph.is_train[u])
-        + _Triplets(batch, v, -c_u).where(graph.is_train[v])
+        + EdgeTriplets(batch, u, -c_v).where(graph.is_train[u])
+        + EdgeTriplets(batch, v, -c_u).where(graph.is_train[v])
     )
     # A_hat'^2 Q = R' d
     delta_z = delta_d.scaled(new_scale(delta_d, 1))
-    delta_z = delta_z + _Triplets(batch, u, (ru_new - r[u])[:, None] * base["D"][u]).where(graph.is_train[u])
-    delta_z = delta_z + _Triplets(batch, v, (rv_new - r[v])[:, None] * base["D"][v]).where(graph.is_train[v])
+    delta_z = delta_z + EdgeTriplets(batch, u, (ru_new - r[u])[:, None] * base["D"][u]).where(graph.is_train[u])
+    delta_z = delta_z + EdgeTriplets(batch, v, (rv_new - r[v])[:, None] * base["D"][v]).where(graph.is_train[v])
     return delta_z.coalesce(n_nodes)
 
 
-def _base_propagation(graph: _Graph, Q: torch.Tensor) -> dict:
+def _base_propagation(graph: TrainingGraph, Q: torch.Tensor) -> dict:
     """The intermediates ``B = M R Q``, ``C = R^2 B``, ``D = M C`` and ``Z = R D = A_hat^2 Q``."""
     r = graph.degree.rsqrt()[:, None]
     n = len(Q)
@@ -337,7 +339,7 @@ def edge_influence(
     n_classes = model.coef.shape[1]
     Q = X @ torch.cat([model.coef, direction[:-1]], dim=1)
     offset = torch.cat([model.intercept, direction[-1]])
-    graph = _Graph.build(adjacency, train_index, X.device, X.dtype)
+    graph = TrainingGraph.build(adjacency, train_index, X.device, X.dtype)
     base = _base_propagation(graph, Q)
     labels = torch.full((len(X),), -1, dtype=torch.long, device=X.device)
     labels[torch.as_tensor(train_index, device=X.device)] = y_train

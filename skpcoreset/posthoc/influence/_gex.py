@@ -12,7 +12,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ..._base import TorchEstimatorMixin, make_generator, seed_from_random_state
-from ..._skorch import build_member_nets, fitted_module, train_spec_from_net
+from ..._skorch import as_template, build_member_nets, fitted_module, train_spec_from_net
 from ._baselines import CheckpointTrainer
 from ._scorers import SCORERS, InfluenceScorer
 from ._threshold import otsu_threshold
@@ -261,7 +261,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         )
         trainer = CheckpointTrainer(
             self.net_.module_,
-            train_spec_from_net(self.net),
+            train_spec_from_net(self.net, n_samples=len(X)),
             n_checkpoints=self.n_checkpoints,
             generator=make_generator(shuffle_seed, self.device_),
             verbose=self.verbose,
@@ -289,7 +289,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
             "tau": self.tau,
             "continuation": self.continuation,
             "n_jobs": self.n_jobs,
-            "batch_size": train_spec_from_net(self.net).batch_size if self.net_ is not None else 128,
+            "batch_size": as_template(self.net).batch_size if self.net_ is not None else 128,
         }
         if self.method == "tracin":
             settings["checkpoints"] = checkpoints

@@ -270,7 +270,7 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
         train_members(
             [self.net_.module_],
             (X_t, y_t),
-            train_spec_from_net(self.net),
+            train_spec_from_net(self.net, n_samples=len(X_t)),
             seeds=seeds[1:],
             strategy="sequential",
             verbose=self.verbose,

@@ -1,4 +1,4 @@
-"""A 2-layer GCN node classifier and its edge influence.
+"""Edge influence of a 2-layer GCN (the RGE paper's GCN backbone).
 
 The SGC influence in :mod:`._edge_influence` is closed-form because SGC is linear in its
 parameters. A GCN is not: the inverse-Hessian-vector product ``s = H^-1 grad L_val`` comes from
@@ -10,197 +10,25 @@ the deletion reaches (see :func:`gcn_edge_influence`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
-from sklearn.utils._param_validation import Interval
-from sklearn.utils.validation import check_is_fitted
 from torch.func import functional_call
 
-from ..._base import TorchEstimatorMixin, torch_seed
-from ..._train import Trainer, TrainSpec
-from ._edge_influence import _Graph, _Triplets, conjugate_gradient
-from ._sgc import NodeClassifierMixin, _sparse_tensor, graph_or_edgeless, normalized_adjacency
+from ...graph._gcn import GCN
+from ...graph._operations import normalized_operator
+from ._edge_influence import EdgeTriplets, TrainingGraph, conjugate_gradient
 
-__all__ = ["GCN", "GCNClassifier", "gcn_edge_influence", "influence_direction"]
-
-
-class GCN(torch.nn.Module):
-    """``A_hat relu(A_hat X W1 + b1) W2 + b2`` on a fixed graph; ``forward`` takes node indices.
-
-    Taking node indices lets the shared :class:`~skpcoreset._train.Trainer` train it as if the
-    training nodes were samples (one full batch) while every node takes part in propagation.
-    ``X`` is kept as a sparse tensor (bag-of-words features are ~1% non-zero, so the first
-    layer costs its non-zeros, not ``n_nodes x n_features``); dropout on it drops stored
-    entries, as in Kipf & Welling's sparse dropout.
-    """
-
-    def __init__(self, X: torch.Tensor, operator: torch.Tensor, n_hidden: int, n_classes: int, dropout: float):
-        super().__init__()
-        self.register_buffer("X", _sparse_features(X))
-        self.register_buffer("operator", operator)
-        self.hidden = torch.nn.Linear(X.shape[1], n_hidden, dtype=X.dtype, device=X.device)
-        self.output = torch.nn.Linear(n_hidden, n_classes, dtype=X.dtype, device=X.device)
-        self.dropout = dropout
-
-    def forward(self, nodes: torch.Tensor, operator: torch.Tensor | None = None) -> torch.Tensor:
-        operator = self.operator if operator is None else operator
-        X = self.X
-        if self.training and self.dropout > 0:
-            X = torch.sparse_coo_tensor(
-                X.indices(),
-                F.dropout(X.values(), self.dropout, True),
-                X.shape,
-                is_coalesced=True,
-                check_invariants=False,
-            )
-        H = torch.relu(operator @ (torch.sparse.mm(X, self.hidden.weight.T) + self.hidden.bias))
-        H = F.dropout(H, self.dropout, self.training)
-        return (operator @ self.output(H))[nodes]
-
-
-def _sparse_features(X: torch.Tensor) -> torch.Tensor:
-    return X.coalesce() if X.is_sparse else X.to_sparse().coalesce()
-
-
-def _operator(adjacency: sp.csr_matrix, device, dtype) -> torch.Tensor:
-    return _sparse_tensor(normalized_adjacency(adjacency), device, dtype).coalesce()
-
-
-class GCNClassifier(NodeClassifierMixin, TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
-    """Two-layer graph convolutional network (Kipf & Welling) for transductive node classification.
-
-    ``A_hat = D^-1/2 (A + I) D^-1/2`` as in :class:`SGCClassifier`; ``y`` is ``-1`` for
-    unlabeled nodes and ``predict`` labels every node of the graph it is given. Trained by
-    full-batch Adam (the RGE paper: 2000 epochs, lr 0.01).
-
-    Parameters
-    ----------
-    n_hidden : int, default=16
-    dropout : float, default=0.5
-        On the input features and the hidden layer, during training only.
-    weight_decay : float, default=5e-4
-        L2 penalty ``weight_decay / 2 * ||theta||^2`` on every parameter.
-    lr : float, default=0.01
-    max_iter : int, default=2000
-        Adam epochs.
-    device : {'cpu', 'cuda', 'cuda:N', 'auto'}, default='cpu'
-    random_state : int, RandomState or None, default=None
-    verbose : int, default=0
-
-    Attributes
-    ----------
-    classes_ : ndarray of shape (n_classes,)
-    module_ : GCN
-        The fitted network (on the training graph).
-    n_iter_ : int
-        Adam epochs run.
-    n_features_in_ : int
-    device_ : torch.device
-
-    References
-    ----------
-    T. N. Kipf, M. Welling. "Semi-Supervised Classification with Graph Convolutional Networks."
-    ICLR 2017.
-    """
-
-    _parameter_constraints = {
-        "n_hidden": [Interval(Integral, 1, None, closed="left")],
-        "dropout": [Interval(Real, 0, 1, closed="left")],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "device": [str, torch.device],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
-    }
-
-    def __init__(
-        self,
-        n_hidden=16,
-        dropout=0.5,
-        weight_decay=5e-4,
-        lr=0.01,
-        max_iter=2000,
-        device="cpu",
-        random_state=None,
-        verbose=0,
-    ):
-        self.n_hidden = n_hidden
-        self.dropout = dropout
-        self.weight_decay = weight_decay
-        self.lr = lr
-        self.max_iter = max_iter
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
-
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, adjacency=None):
-        """Fit on the labeled nodes of a graph (``adjacency`` None: no edges).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_nodes, n_features)
-        y : array-like of shape (n_nodes,)
-            ``-1`` marks unlabeled nodes.
-        adjacency : scipy sparse (n_nodes, n_nodes), int array of shape (2, E) or None
-
-        Returns
-        -------
-        self
-        """
-        X, labeled, y_encoded = self._validate_node_labels(X, y)
-        generator = self._init_torch()
-        features = self._to_tensor(X, dtype=torch.float64)
-        operator = _operator(graph_or_edgeless(adjacency, len(X)), self.device_, torch.float64)
-        spec = TrainSpec(
-            max_epochs=self.max_iter,
-            batch_size=int(labeled.sum()),
-            lr=self.lr,
-            optimizer=torch.optim.Adam,
-            optimizer_kwargs={"weight_decay": self.weight_decay},
-        )
-        nodes = self._to_tensor(np.flatnonzero(labeled), dtype=torch.long)
-        # nn.Linear's initialisation and dropout draw from torch's global generator
-        with torch_seed(self._seed, self.device_):
-            self.module_ = GCN(features, operator, self.n_hidden, len(self.classes_), self.dropout)
-            trainer = Trainer(self.module_, spec, generator=generator, verbose=self.verbose, desc="gcn").fit(
-                nodes, self._to_tensor(y_encoded, dtype=torch.long)
-            )
-        self.n_iter_ = len(trainer.history)
-        self.module_.eval()
-        return self
-
-    def predict_proba(self, X, adjacency=None):
-        """Class probabilities of every node, propagating over ``adjacency`` (default: no edges)."""
-        check_is_fitted(self)
-        X = self._validate_X(X, reset=False)
-        graph = graph_or_edgeless(adjacency, len(X))
-        module = self.module_
-        with torch.no_grad():
-            features = self._to_tensor(X, dtype=torch.float64)
-            operator = _operator(graph, self.device_, torch.float64)
-            nodes = torch.arange(len(X), device=self.device_)
-            state = {**dict(module.named_parameters()), "X": _sparse_features(features)}
-            logits = functional_call(module, state, (nodes, operator))
-        return logits.softmax(dim=1).cpu().numpy()
-
-    def predict(self, X, adjacency=None):
-        """Labels of every node."""
-        check_is_fitted(self)
-        return self.classes_[self.predict_proba(X, adjacency).argmax(axis=1)]
+__all__ = ["gcn_edge_influence", "influence_direction"]
 
 
 def _flat(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def _new_scale(t: _Triplets, r: torch.Tensor, u, v, ru_new, rv_new) -> torch.Tensor:
+def _new_scale(t: EdgeTriplets, r: torch.Tensor, u, v, ru_new, rv_new) -> torch.Tensor:
     """``D'^-1/2`` at each triplet's node, where ``D'`` lacks the triplet's edge."""
     scale = r[t.node].clone()
     scale = torch.where(t.node == u[t.edge], ru_new[t.edge], scale)
@@ -208,15 +36,15 @@ def _new_scale(t: _Triplets, r: torch.Tensor, u, v, ru_new, rv_new) -> torch.Ten
 
 
 def _one_hop_change(
-    graph: _Graph,
+    graph: TrainingGraph,
     Y: torch.Tensor,
     B: torch.Tensor,
     u: torch.Tensor,
     v: torch.Tensor,
-    delta_Y: _Triplets | None,
+    delta_Y: EdgeTriplets | None,
     *,
     train_only: bool,
-) -> _Triplets:
+) -> EdgeTriplets:
     """Change of ``A_hat Y`` when each edge ``(u[e], v[e])`` is deleted and ``Y`` moves by ``delta_Y[e]``.
 
     With ``R = D^-1/2``, ``M = A + I``, ``B = M R Y`` and ``E`` the deleted pair,
@@ -229,22 +57,22 @@ def _one_hop_change(
     ru_new, rv_new = (graph.degree[u] - 1).rsqrt(), (graph.degree[v] - 1).rsqrt()
     Y_u, Y_v = Y[u], Y[v]
     # R' Y' - R Y
-    delta_a = _Triplets(batch, u, (ru_new - r[u])[:, None] * Y_u) + _Triplets(batch, v, (rv_new - r[v])[:, None] * Y_v)
+    delta_a = EdgeTriplets(batch, u, (ru_new - r[u])[:, None] * Y_u) + EdgeTriplets(batch, v, (rv_new - r[v])[:, None] * Y_v)
     if delta_Y is not None:
         delta_a = delta_a + delta_Y.scaled(_new_scale(delta_Y, r, u, v, ru_new, rv_new))
         Y_u, Y_v = Y_u + delta_Y.at(u, len(u)), Y_v + delta_Y.at(v, len(u))
     indptr, indices = (graph.train_indptr, graph.train_indices) if train_only else (graph.indptr, graph.indices)
     delta_b = delta_a.spread(indptr, indices)
-    delta_b = delta_b + _Triplets(batch, u, -rv_new[:, None] * Y_v) + _Triplets(batch, v, -ru_new[:, None] * Y_u)
+    delta_b = delta_b + EdgeTriplets(batch, u, -rv_new[:, None] * Y_v) + EdgeTriplets(batch, v, -ru_new[:, None] * Y_u)
     delta = delta_b.scaled(_new_scale(delta_b, r, u, v, ru_new, rv_new))
-    delta = delta + _Triplets(batch, u, (ru_new - r[u])[:, None] * B[u])
-    delta = delta + _Triplets(batch, v, (rv_new - r[v])[:, None] * B[v])
+    delta = delta + EdgeTriplets(batch, u, (ru_new - r[u])[:, None] * B[u])
+    delta = delta + EdgeTriplets(batch, v, (rv_new - r[v])[:, None] * B[v])
     if train_only:
         delta = delta.where(graph.is_train[delta.node])
     return delta.coalesce(len(Y))
 
 
-def _closed_adjacency(graph: _Graph, dtype) -> torch.Tensor:
+def _closed_adjacency(graph: TrainingGraph, dtype) -> torch.Tensor:
     """``M = A + I`` as a sparse tensor."""
     n = len(graph.degree)
     rows = torch.repeat_interleave(torch.arange(n, device=graph.indices.device), graph.indptr.diff())
@@ -356,7 +184,7 @@ def gcn_edge_influence(
     ndarray of shape (n_edges,)
     """
     device, dtype = module.X.device, module.X.dtype
-    val_operator = None if val_adjacency is None else _operator(val_adjacency, device, dtype)
+    val_operator = None if val_adjacency is None else normalized_operator(val_adjacency, device, dtype)
     step = influence_direction(
         module,
         train_index=train_index,
@@ -392,7 +220,7 @@ def gcn_edge_influence(
             residual[torch.arange(len(nodes), device=device), labels[nodes]] -= 1.0
             return (residual * tangent).sum(dim=1)
 
-        graph = _Graph.build(adjacency, train_index, device, dtype)
+        graph = TrainingGraph.build(adjacency, train_index, device, dtype)
         M, r = _closed_adjacency(graph, dtype), graph.degree.rsqrt()[:, None]
         Y1 = torch.cat([torch.sparse.mm(module.X, W1.T) + b1, torch.sparse.mm(module.X, dW1.T) + db1], dim=1)
         B1 = M @ (r * Y1)
@@ -406,7 +234,7 @@ def gcn_edge_influence(
             u, v = edges_t[0, start : start + batch_size], edges_t[1, start : start + batch_size]
             hidden = _one_hop_change(graph, Y1, B1, u, v, None, train_only=False)
             changed = second_layer_input(H1[hidden.node] + hidden.values) - Y2[hidden.node]
-            output = _one_hop_change(graph, Y2, B2, u, v, _Triplets(hidden.edge, hidden.node, changed), train_only=True)
+            output = _one_hop_change(graph, Y2, B2, u, v, EdgeTriplets(hidden.edge, hidden.node, changed), train_only=True)
             base = out[output.node]
             delta = directional_loss(base + output.values, output.node) - directional_loss(base, output.node)
             influence[start : start + len(u)].index_add_(0, output.edge, delta)
