@@ -140,12 +140,6 @@ def part_cuda_tests(ctx: Context) -> dict:
 
 
 # -- part: training throughput ----------------------------------------------------------------
-def _estimator_takes_precision() -> bool:
-    from skpcoreset import DeepEnsembleClassifier
-
-    return "mixed_precision" in DeepEnsembleClassifier().get_params()
-
-
 def raw_loop(module, X, y, epochs, batch_size, lr, *, bf16=False, channels_last=False, compiled=False):
     """The reference: a hand-written loop with the data on the device, same options as the package."""
     import torch
@@ -168,35 +162,35 @@ def raw_loop(module, X, y, epochs, batch_size, lr, *, bf16=False, channels_last=
             optimizer.step()
 
 
-def package_fit(problem: dict, X, y, X_t, y_t, *, bf16: bool, compiled: bool) -> str:
-    """The package's training path; returns which one ran ('estimator' or 'trainer').
-
-    Once the estimators take ``mixed_precision`` (and honour the skorch template's ``compile``),
-    this is ``DeepEnsembleClassifier.fit`` on the numpy data, as a user calls it; until then it is
-    :class:`skpcoreset._train.Trainer` with the same flags, on the device tensors.
-    """
+def package_fit(problem: dict, X, y, device: str, *, bf16: bool, compiled: bool) -> None:
+    """The package's training path as a user calls it: ``DeepEnsembleClassifier.fit`` on numpy data,
+    one member, ``mixed_precision`` and the skorch template's ``compile`` (validation and the copy to
+    the device included in the time)."""
     import torch
 
     from skpcoreset import DeepEnsembleClassifier, make_net
+
+    net = make_net(
+        problem["module"], max_epochs=problem["epochs"], batch_size=problem["batch_size"], lr=problem["lr"],
+        optimizer=torch.optim.SGD, optimizer__momentum=0.9, compile=compiled,
+        **{f"module__{k}": v for k, v in problem["kwargs"].items()},
+    )
+    clf = DeepEnsembleClassifier(net, n_members=1, mixed_precision="bf16" if bf16 else "no", device=device,
+                                 random_state=0)
+    clf.fit(X, y)
+
+
+def trainer_fit(problem: dict, X_t, y_t, *, bf16: bool, compiled: bool) -> None:
+    """The loop alone: :class:`skpcoreset._train.Trainer` on the device tensors, as the estimators run it."""
+    import torch
+
     from skpcoreset._base import make_generator
     from skpcoreset._train import Trainer, TrainSpec
 
-    if _estimator_takes_precision():
-        net = make_net(
-            problem["module"], max_epochs=problem["epochs"], batch_size=problem["batch_size"], lr=problem["lr"],
-            optimizer=torch.optim.SGD, optimizer__momentum=0.9, compile=compiled,
-            **{f"module__{k}": v for k, v in problem["kwargs"].items()},
-        )
-        clf = DeepEnsembleClassifier(net, n_members=1, mixed_precision="bf16" if bf16 else "no",
-                                     device=str(X_t.device), random_state=0)
-        clf.fit(X, y)
-        return "estimator"
     spec = TrainSpec(max_epochs=problem["epochs"], batch_size=problem["batch_size"], lr=problem["lr"],
-                     optimizer=torch.optim.SGD, optimizer_kwargs={"momentum": 0.9})
-    module = _fresh_module(problem, X_t.device)
-    Trainer(module, spec, generator=make_generator(0, X_t.device), amp=bf16, channels_last=bf16,
-            compile=compiled).fit(X_t, y_t)
-    return "trainer"
+                     optimizer=torch.optim.SGD, optimizer_kwargs={"momentum": 0.9}, compile=compiled)
+    Trainer(_fresh_module(problem, X_t.device), spec, generator=make_generator(0, X_t.device),
+            mixed_precision="bf16" if bf16 else "no").fit(X_t, y_t)
 
 
 def _fresh_module(problem: dict, device):
@@ -210,7 +204,8 @@ def throughput_problems(dry: bool) -> list[dict]:
     """ConvNet-3 (eager), the ResNet, then ConvNet-3 compiled: compilation, the slowest to warm up, goes last."""
     from skpcoreset.nets import CIFARResNet, ConvNet
 
-    eager = ("raw", "ours", "raw_bf16_cl", "ours_bf16_cl", "skorch_default", "skorch_gpu_tensors")
+    eager = ("raw", "ours", "trainer", "raw_bf16_cl", "ours_bf16_cl", "trainer_bf16_cl", "skorch_default",
+             "skorch_gpu_tensors")
     compiled = ("raw", "raw_compile", "ours_compile")
     if dry:
         convnet = {"module": ConvNet, "kwargs": {"width": 8}, "shape": (3, 16, 16), "n": 512, "batch_size": 64,
@@ -246,8 +241,14 @@ def _throughput_variants(problem: dict, X, y, X_t, y_t, device: str) -> dict:
         return fn
 
     def ours(**flags):
-        def fn(X=X, y=y, X_t=X_t, y_t=y_t):
-            package_fit(p, X, y, X_t, y_t, **flags)
+        def fn(X=X, y=y, X_t=None, y_t=None):
+            package_fit(p, X, y, device, **flags)
+
+        return fn
+
+    def loop(**flags):
+        def fn(X=None, y=None, X_t=X_t, y_t=y_t):
+            trainer_fit(p, X_t, y_t, **flags)
 
         return fn
 
@@ -262,6 +263,7 @@ def _throughput_variants(problem: dict, X, y, X_t, y_t, device: str) -> dict:
         "raw_bf16_cl": raw(bf16=True, channels_last=True), "ours_bf16_cl": ours(bf16=True, compiled=False),
         "skorch_default": skorch(False), "skorch_gpu_tensors": skorch(True),
         "raw_compile": raw(compiled=True), "ours_compile": ours(bf16=False, compiled=True),
+        "trainer": loop(bf16=False, compiled=False), "trainer_bf16_cl": loop(bf16=True, compiled=False),
     }
     return {name: variants[name] for name in p["variants"]}
 
@@ -269,7 +271,7 @@ def _throughput_variants(problem: dict, X, y, X_t, y_t, device: str) -> dict:
 def part_throughput(ctx: Context) -> dict:
     import torch
 
-    results = {"path": "estimator" if _estimator_takes_precision() else "trainer", "models": {}}
+    results = {"models": {}}
     summary, data = [], {}
     for problem in throughput_problems(ctx.dry):
         key = (problem["n"], problem["shape"])
@@ -317,14 +319,17 @@ def part_throughput(ctx: Context) -> dict:
 
 _THROUGHPUT_NOTES = (
     "images/s per variant per round (rounds interleaved); ratios are medians over rounds of per-round ratios, "
-    "ours_* against raw_* with the same options, skorch against raw fp32. 'path' says whether 'ours' ran "
-    "through DeepEnsembleClassifier (mixed_precision=, compile=) or the Trainer with the same flags. "
+    "ours_* against raw_* with the same options, skorch against raw fp32. 'ours' is DeepEnsembleClassifier(net, "
+    "n_members=1, mixed_precision=...) fitted on the numpy arrays (validation and the copy to the device "
+    "included), with make_net(compile=...) for ours_compile; trainer* is the package's loop alone (Trainer, "
+    "mixed_precision=...) on the device tensors, as raw loops get them. "
     "bf16 = bf16 autocast + channels_last. Warm-up (compilation included) on 10 batches, not timed in rounds."
 )
 
 
 def _throughput_ratios(rates: dict) -> dict:
-    pairs = {"ours": "raw", "ours_bf16_cl": "raw_bf16_cl", "ours_compile": "raw_compile",
+    pairs = {"ours": "raw", "ours_bf16_cl": "raw_bf16_cl", "ours_compile": "raw_compile", "trainer": "raw",
+             "trainer_bf16_cl": "raw_bf16_cl",
              "skorch_default": "raw", "skorch_gpu_tensors": "raw", "raw_bf16_cl": "raw", "raw_compile": "raw"}
     ratios = {}
     for name, base in pairs.items():
@@ -343,7 +348,8 @@ def _throughput_summary(problem: dict, record: dict) -> list[dict]:
     if "raw_bf16" in ref:
         rows.append(row(f"{name} raw bf16", _median(rates.get("raw_bf16_cl")), unit="img/s",
                         reference=ref["raw_bf16"]))
-    for ours, base in (("ours", "raw"), ("ours_bf16_cl", "raw_bf16_cl"), ("ours_compile", "raw_compile")):
+    for ours, base in (("ours", "raw"), ("trainer", "raw"), ("ours_bf16_cl", "raw_bf16_cl"),
+                       ("trainer_bf16_cl", "raw_bf16_cl"), ("ours_compile", "raw_compile")):
         value = ratios.get(f"{ours}/{base}")
         if ours in rates:
             rows.append(row(f"{name} {ours} / {base}", value, unit="x", target=">= 0.9",
@@ -500,7 +506,7 @@ def part_family_pseudocoreset(ctx: Context) -> dict:
     from skpcoreset import make_net
     from skpcoreset.metrics import evaluate_proba
     from skpcoreset.nets import ConvNet
-    from skpcoreset.pseudocoreset import PseudocoresetSynthesizer
+    from skpcoreset.pseudocoreset import PosteriorSampler, PseudocoresetSynthesizer
 
     data = load_images("mnist", 200 if ctx.dry else 5000, 100 if ctx.dry else 1000, ctx.dry, shape=(1, 28, 28))
     if data is None:
@@ -508,7 +514,7 @@ def part_family_pseudocoreset(ctx: Context) -> dict:
     X, y, X_test, y_test, source = data
     net = make_net(ConvNet, optimizer=torch.optim.SGD, lr=0.01, batch_size=256, module__width=4 if ctx.dry else 128)
     params = (dict(n_per_class=2, n_experts=1, expert_epochs=2, n_iterations=3, inner_steps=2,
-                   n_posterior_samples=2, posterior_steps=10) if ctx.dry else dict(n_per_class=10))
+                   posterior=PosteriorSampler(n_samples=2, steps=10)) if ctx.dry else dict(n_per_class=10))
     results = {"data": source, "n_train": len(y), "n_test": len(y_test), "params": params, "runs": {}}
     for divergence in ("random", "forward_kl"):  # the baseline first: it is the cheaper one
         est = PseudocoresetSynthesizer(divergence=divergence, net=net, device=ctx.device, random_state=0, **params)

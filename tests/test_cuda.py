@@ -186,13 +186,15 @@ def _parameters_device(model) -> set:
     return found
 
 
-NAMES = sorted(name for name in ESTIMATOR_CLASSES if name in TINY)
+# Estimators that fit (parameter objects such as PosteriorSampler are BaseEstimators too).
+FITTABLE = sorted(name for name, cls in ESTIMATOR_CLASSES.items() if hasattr(cls, "fit"))
+NAMES = [name for name in FITTABLE if name in TINY]
 # With pytest-xdist's --dist loadgroup, an estimator's tests share a worker and so its fits.
 PER_ESTIMATOR = [pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in NAMES]
 
 
 def test_every_estimator_has_a_cuda_check():
-    assert set(NAMES) == set(ESTIMATOR_CLASSES)
+    assert NAMES == FITTABLE
 
 
 @pytest.mark.parametrize("name", PER_ESTIMATOR)
