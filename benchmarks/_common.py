@@ -45,13 +45,21 @@ def environment(device: str | torch.device = "cpu") -> dict:
     }
 
 
-def write_results(name: str, results, *, device: str | torch.device = "cpu", notes: str = "") -> Path:
-    """Write ``{"environment": ..., "notes": ..., "results": ...}`` to ``results/<name>.json``."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_results(
+    name: str, results, *, device: str | torch.device = "cpu", notes: str = "", directory: Path | None = None,
+    quiet: bool = False,
+) -> Path:
+    """Write ``{"environment": ..., "notes": ..., "results": ...}`` to ``results/<name>.json``.
+
+    ``directory`` replaces ``results/`` (dry runs write elsewhere, never over measured figures).
+    """
+    directory = RESULTS if directory is None else Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
     payload = {"environment": environment(device), "notes": notes, "results": results}
     path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}")
     return path
 
 

@@ -37,7 +37,6 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-from joblib import Parallel, delayed
 from skorch.callbacks import Callback, LRScheduler
 from skorch.dataset import Dataset
 from skorch.history import History
@@ -46,6 +45,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from ._base import make_generator
+from ._parallel import map_members
 
 __all__ = [
     "TrainSpec",
@@ -663,7 +663,8 @@ def train_members(
         Per member, the held-out tensors to validate on each epoch (or None).
 
     Sequential members run in ``n_jobs`` threads (joblib; torch releases the GIL inside its
-    kernels), which also lets a joblib backend such as Dask schedule them.
+    kernels), or on the workers of an active joblib backend such as Dask (processes too; see
+    :mod:`skpcoreset._parallel`), with the same result.
     """
     nets = list(nets) if nets is not None else [None] * len(modules)
     validation = list(validation) if validation is not None else [None] * len(modules)
@@ -686,26 +687,31 @@ def train_members(
                 net.history = copy.deepcopy(trainer.history)
         return strategy, [trainer.history] * len(modules), trainer.interrupted
 
-    def train_one(m: int) -> Trainer:
-        return Trainer(
-            modules[m],
-            spec,
-            generator=make_generator(seeds[m], device),
-            net=nets[m],
-            verbose=verbose,
-            desc=f"{desc} {m + 1}/{len(modules)}",
-            **trainer_kwargs,
-        ).fit(*tensors, validation=validation[m])
+    # Members are independent: map_members runs them here, in threads or on other processes
+    # (Dask workers), and hands back (history, interrupted) per member.
+    per_member = [
+        {"seed": seeds[m], "net": nets[m], "validation": validation[m], "desc": f"{desc} {m + 1}/{len(modules)}"}
+        for m in range(len(modules))
+    ]
+    runs = map_members(
+        _train_one_member, modules, per_member, n_jobs=n_jobs, stop=lambda run: run[1],
+        tensors=tensors, spec=spec, verbose=verbose, trainer_kwargs=trainer_kwargs,
+    )
+    for net, (history, _) in zip(nets, runs, strict=False):
+        if net is not None:  # a process worker recorded into its copy of the net
+            net.history = history
+    return strategy, [history for history, _ in runs], any(interrupted for _, interrupted in runs)
 
-    if n_jobs in (None, 1):
-        trainers = []
-        for m in range(len(modules)):
-            trainers.append(train_one(m))
-            if trainers[-1].interrupted:
-                break
-    else:
-        trainers = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(train_one)(m) for m in range(len(modules)))
-    return strategy, [t.history for t in trainers], any(t.interrupted for t in trainers)
+
+def _train_one_member(
+    module, *, seed, net, validation, desc, tensors, spec, verbose, trainer_kwargs
+) -> tuple[History, bool]:
+    """One sequential member, as a picklable function: (history, interrupted)."""
+    trainer = Trainer(
+        module, spec, generator=make_generator(seed, tensors[0].device), net=net, verbose=verbose, desc=desc,
+        **trainer_kwargs,
+    ).fit(*tensors, validation=validation)
+    return trainer.history, trainer.interrupted
 
 
 @torch.no_grad()

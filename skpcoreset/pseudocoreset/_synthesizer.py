@@ -155,6 +155,10 @@ default='forward_kl'
         settings tunable as ``posterior__*``), or a method name with the sampler's default
         settings (8 samples of 300 SGHMC steps at lr 0.05, temperature 0.01).
     %(input_shape)s
+    n_jobs : int or None, default=None
+        Workers for experts trained one after another (other networks than buffer-free dense
+        ones): threads, or Dask workers under ``joblib.parallel_config(backend="dask")``, with
+        the same trajectories.
     %(mixed_precision)s
     %(device)s
     %(random_state)s
@@ -247,6 +251,7 @@ default='forward_kl'
         "learn_labels": ["boolean"],
         "augment": [None, StrOptions({"auto", *NAMED_AUGMENTATIONS}), callable],
         "posterior": [StrOptions(set(POSTERIORS)), PosteriorSampler],
+        "n_jobs": [None, Integral],
         **shared_constraints("input_shape", "mixed_precision", "device", "random_state", "verbose"),
     }
 
@@ -273,6 +278,7 @@ default='forward_kl'
         augment="auto",
         posterior="sghmc",
         input_shape=None,
+        n_jobs=None,
         mixed_precision="no",
         device="cpu",
         random_state=None,
@@ -296,6 +302,7 @@ default='forward_kl'
         self.augment = augment
         self.posterior = posterior
         self.input_shape = input_shape
+        self.n_jobs = n_jobs
         self.mixed_precision = mixed_precision
         self.device = device
         self.random_state = random_state
@@ -487,7 +494,7 @@ default='forward_kl'
             X_experts, y_experts = X[train], y[train]
         trajectories, self.ensemble_strategy_, histories, interrupted = train_expert_trajectories(
             experts, X_experts, y_experts, self._expert_spec(template, len(X_experts)), seeds=seeds, nets=nets,
-            verbose=self.verbose, mixed_precision=self.mixed_precision,
+            verbose=self.verbose, mixed_precision=self.mixed_precision, n_jobs=self.n_jobs,
         )
         self.history_["experts"] = histories
         self.fit_seconds_["experts"] = self._clock() - started

@@ -12,7 +12,15 @@ import torch
 from torch import nn
 
 from .._base import make_generator
-from .._train import ParameterSnapshots, Trainer, TrainSpec, VmapEnsembleTrainer, _needs_own_runs, choose_ensemble_strategy
+from .._parallel import map_members
+from .._train import (
+    ParameterSnapshots,
+    Trainer,
+    TrainSpec,
+    VmapEnsembleTrainer,
+    _needs_own_runs,
+    choose_ensemble_strategy,
+)
 
 __all__ = ["train_expert_trajectories"]
 
@@ -31,9 +39,14 @@ def train_expert_trajectories(
     nets: list | None = None,
     strategy: str = "auto",
     verbose: int = 0,
+    n_jobs: int | None = None,
     **trainer_kwargs,
 ) -> tuple[torch.Tensor, str, list, bool]:
     """Train ``modules`` on ``(X, y)`` and return their checkpoints.
+
+    Sequential experts run in ``n_jobs`` joblib workers (threads, or Dask workers under
+    ``joblib.parallel_config(backend="dask")``; see :mod:`skpcoreset._parallel`), with the same
+    result as one after another.
 
     Parameters
     ----------
@@ -64,17 +77,28 @@ def train_expert_trajectories(
         trainer.extra_callbacks.append(("trajectory", snapshots))
         trainer.fit(X, y)
         return torch.stack(snapshots.snapshots, dim=1), strategy, [trainer.history] * len(modules), trainer.interrupted
-    runs, histories, interrupted = [], [], False
-    for m, module in enumerate(modules):
-        snapshots = ParameterSnapshots(lambda module=module: _flat(p.unsqueeze(0) for p in module.parameters()))
-        trainer = Trainer(
-            module, spec, generator=make_generator(seeds[m], device), net=nets[m], verbose=verbose,
-            desc=f"expert {m + 1}/{len(modules)}", callbacks=[("trajectory", snapshots)], **trainer_kwargs,
-        ).fit(X, y)
-        runs.append(torch.cat(snapshots.snapshots))
-        histories.append(trainer.history)
-        if trainer.interrupted:
-            interrupted = True
-            break
+    per_member = [
+        {"seed": seeds[m], "net": nets[m], "desc": f"expert {m + 1}/{len(modules)}"} for m in range(len(modules))
+    ]
+    results = map_members(
+        _train_expert, modules, per_member, n_jobs=n_jobs, stop=lambda result: result[2],
+        X=X, y=y, spec=spec, verbose=verbose, trainer_kwargs=trainer_kwargs,
+    )
+    runs = [run.to(device) for run, _, _ in results]
+    histories = [history for _, history, _ in results]
+    for net, history in zip(nets, histories, strict=False):
+        if net is not None:  # a process worker recorded into its copy of the net
+            net.history = history
     length = min(len(run) for run in runs)
-    return torch.stack([run[:length] for run in runs]), strategy, histories, interrupted
+    return torch.stack([run[:length] for run in runs]), strategy, histories, any(r[2] for r in results)
+
+
+def _train_expert(module: nn.Module, *, seed: int, net, desc: str, X, y, spec: TrainSpec, verbose: int,
+                  trainer_kwargs: dict):
+    """One expert (picklable, for process workers): checkpoints ``(n_epochs + 1, P)``, history, interrupted."""
+    snapshots = ParameterSnapshots(lambda: _flat(p.unsqueeze(0) for p in module.parameters()))
+    trainer = Trainer(
+        module, spec, generator=make_generator(seed, X.device), net=net, verbose=verbose, desc=desc,
+        callbacks=[("trajectory", snapshots)], **trainer_kwargs,
+    ).fit(X, y)
+    return torch.cat(snapshots.snapshots), trainer.history, trainer.interrupted

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..._base import make_generator
+from ..._parallel import map_members
 from ..._train import Trainer, TrainSpec, VmapEnsembleTrainer, choose_ensemble_strategy
 from ...nets._batchnorm import recompute_batchnorm
 
@@ -120,11 +122,14 @@ def fan_members(
     noise: float,
     generator: torch.Generator,
     progress=iter,
+    n_jobs: int | None = None,
 ) -> tuple[list[dict[str, torch.Tensor]], str, bool]:
     """Members that all start from theta*, each with its own data order and noise.
 
     Buffer-free dense networks train all members at once with ``vmap``; others one after
-    another. Returns ``(states, strategy, interrupted)``.
+    another, each from its own seed drawn from ``generator``, in ``n_jobs`` joblib workers
+    (threads, or Dask workers under ``joblib.parallel_config(backend="dask")``) with the same
+    result. Returns ``(states, strategy, interrupted)``.
     """
     modules = [copy.deepcopy(base) for _ in range(n_members)]
     strategy = choose_ensemble_strategy(modules)
@@ -132,13 +137,20 @@ def fan_members(
     if strategy == "vmap":
         interrupted = VmapJitterTrainer(modules, spec, noise=noise, generator=generator).fit(X, y).interrupted
     else:
-        for m in progress(range(n_members)):
-            if JitterTrainer(modules[m], spec, noise=noise, generator=generator).fit(X, y).interrupted:
-                modules, interrupted = modules[: m + 1], True
-                break
+        seeds = torch.randint(2**31 - 1, (n_members,), generator=generator, device=generator.device).tolist()
+        flags = map_members(
+            _train_fan_member, modules, ({"seed": seed} for seed in progress(seeds)), n_jobs=n_jobs,
+            stop=bool, X=X, y=y, spec=spec, noise=noise,
+        )
+        modules, interrupted = modules[: len(flags)], any(flags)
     for module in modules:
         recompute_batchnorm(module, X, spec.batch_size)
     return [_member_state(module) for module in modules], strategy, interrupted
+
+
+def _train_fan_member(module: nn.Module, *, seed: int, X, y, spec: TrainSpec, noise: float) -> bool:
+    """One 'fan' member from theta* (picklable, for process workers); returns whether it was interrupted."""
+    return JitterTrainer(module, spec, noise=noise, generator=make_generator(seed, X.device)).fit(X, y).interrupted
 
 
 @torch.no_grad()

@@ -74,6 +74,10 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         'chain': each member continues from the previous one (FGE, as in the paper). 'fan':
         every member starts from theta*; buffer-free dense networks then train all members at
         once with ``vmap``.
+    n_jobs : int or None, default=None
+        Workers for 'fan' members trained one after another (other networks than buffer-free
+        dense ones): threads, or Dask workers under ``joblib.parallel_config(backend="dask")``,
+        with the same result. 'chain' members depend on each other and ignore it.
     n_checkpoints : int, default=5
         Checkpoints saved while training theta*, evenly spaced over the epochs (TracIn-CP).
     contamination : 'otsu' or float in (0, 0.5], default='otsu'
@@ -160,6 +164,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         "jitter": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
         "tau": [Interval(Real, 0, None, closed="left")],
         "continuation": [StrOptions({"chain", "fan"})],
+        "n_jobs": [None, Integral],
         "n_checkpoints": [Interval(Integral, 1, None, closed="left")],
         "contamination": [StrOptions({"otsu"}), Interval(Real, 0, 0.5, closed="right")],
         "input_shape": [None, tuple, list],
@@ -178,6 +183,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         jitter="auto",
         tau=0.05,
         continuation="chain",
+        n_jobs=None,
         n_checkpoints=5,
         contamination="otsu",
         input_shape=None,
@@ -193,6 +199,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         self.jitter = jitter
         self.tau = tau
         self.continuation = continuation
+        self.n_jobs = n_jobs
         self.n_checkpoints = n_checkpoints
         self.contamination = contamination
         self.input_shape = input_shape
@@ -281,6 +288,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
             "jitter": self.jitter,
             "tau": self.tau,
             "continuation": self.continuation,
+            "n_jobs": self.n_jobs,
             "batch_size": as_template(self.net).batch_size if self.net_ is not None else 128,
         }
         if self.method == "tracin":

@@ -162,6 +162,7 @@ class GexScorer(InfluenceScorer):
 
     def _build_members(self, X, y, generator, progress):
         s = self.settings
+        parallel = {} if s["continuation"] == "chain" else {"n_jobs": s.get("n_jobs")}
         build = chain_members if s["continuation"] == "chain" else fan_members
         self.member_states, self.strategy, self.interrupted = build(
             self.module,
@@ -172,6 +173,7 @@ class GexScorer(InfluenceScorer):
             noise=self.jitter,
             generator=generator,
             progress=progress,
+            **parallel,
         )
         self.workspace = copy.deepcopy(self.module)
         self.member_loss, self.train_proba = member_losses_and_proba(self.workspace, self.member_states, X, y)
