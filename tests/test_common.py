@@ -28,7 +28,8 @@ def _public_estimators():
         module = importlib.import_module(info.name)
         for name in getattr(module, "__all__", []):
             obj = getattr(module, name)
-            if inspect.isclass(obj) and issubclass(obj, BaseEstimator) and not inspect.isabstract(obj):
+            is_estimator = inspect.isclass(obj) and issubclass(obj, BaseEstimator) and hasattr(obj, "fit")
+            if is_estimator and not inspect.isabstract(obj):
                 found[name] = obj
     return dict(sorted(found.items()))
 
