@@ -104,7 +104,7 @@ default='forward_kl'
         ``divergence='random'`` needs ``n_per_class`` distinct rows in every class.
     net : None, nn.Module subclass or skorch NeuralNetClassifier, default=None
         Architecture and expert training (optimiser, lr, batch size, callbacks); ``None``: an
-        MLP for flat inputs, a ConvNet for images (width 32 on the CPU, 128 on CUDA), plain
+        MLP for flat inputs, a ConvNet for images (width 16 on the CPU, 128 on CUDA), plain
         SGD lr 0.05, batch 64, as the trajectory-matching papers train their experts.
         BatchNorm is supported (see ``posterior_statistics_``); other buffers are not.
     n_experts : int, default=4
