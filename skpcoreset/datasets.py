@@ -62,8 +62,9 @@ def image_layout(shape: tuple[int, ...], layout: str = "auto") -> str:
 
     'auto' reads it from the shape: 3-D arrays are grey ``(N, H, W)``; a 4-D array whose last
     axis holds 1, 3 or 4 channels (and whose second does not) is channels-last, the reverse
-    channels-first. An array that fits both or neither is ambiguous and raises, naming the
-    shape: pass the layout explicitly.
+    channels-first; where both axes could hold channels, square images decide (``(N, 4, 4, 3)``
+    is four-by-four RGB). An array that still fits both or neither is ambiguous and raises,
+    naming the shape: pass the layout explicitly.
     """
     if layout not in IMAGE_LAYOUTS:
         raise ValueError(f"layout must be one of {IMAGE_LAYOUTS}; got {layout!r}.")
@@ -81,6 +82,8 @@ def image_layout(shape: tuple[int, ...], layout: str = "auto") -> str:
         return "NHWC"
     if second and not last:
         return "NCHW"
+    if last and second and (shape[1] == shape[2]) != (shape[2] == shape[3]):
+        return "NHWC" if shape[1] == shape[2] else "NCHW"
     raise ValueError(
         f"Cannot tell whether images of shape {shape} are channels-last (N, H, W, C) or channels-first "
         "(N, C, H, W); pass layout='NHWC' or layout='NCHW' (--layout on the command line)."

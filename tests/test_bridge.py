@@ -312,8 +312,22 @@ def test_deep_ensemble_equivalent_interpolates_and_clips():
     assert deep_ensemble_equivalent(0.27, table) == pytest.approx(1.5)
     assert deep_ensemble_equivalent(0.22, table) == pytest.approx(3.0)
     assert deep_ensemble_equivalent(0.24, table) == pytest.approx(2.0)
-    assert deep_ensemble_equivalent(0.35, table) == 1.0
-    assert deep_ensemble_equivalent(0.10, table) == 4.0
+    with pytest.warns(UserWarning, match="at most 1"):
+        assert deep_ensemble_equivalent(0.35, table) == 1.0
+    with pytest.warns(UserWarning, match="at least 4"):
+        assert deep_ensemble_equivalent(0.10, table) == 4.0
     assert deep_ensemble_equivalent(0.27, [0.30, 0.24]) == pytest.approx(1.5)
     with pytest.raises(ValueError, match="at least one"):
         deep_ensemble_equivalent(0.2, [])
+
+
+def test_deep_ensemble_equivalent_reads_the_monotone_envelope():
+    # bridge_cpu_sgd.json had DE-3 above DE-2: the first bracket gave DE-3's own NLL 1.87
+    # and a model between DE-4 and DE-5 3.68. On the envelope (best NLL with <= k members)
+    # every DE-k's own NLL is worth at most k and the bump cannot shrink a size.
+    table = [0.30, 0.25, 0.27, 0.22, 0.20]
+    for k, nll in enumerate(table, start=1):
+        assert deep_ensemble_equivalent(nll, table) <= k + 1e-12
+    assert deep_ensemble_equivalent(0.25, table) == pytest.approx(2.0)
+    assert deep_ensemble_equivalent(0.235, table) == pytest.approx(3.5)
+    assert deep_ensemble_equivalent(0.26, table) == pytest.approx(1.8)
