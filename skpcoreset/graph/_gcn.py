@@ -89,6 +89,7 @@ class GCNClassifier(NodeClassifierMixin, TorchEstimatorMixin, ClassifierMixin, B
         Adam epochs run.
     n_features_in_ : int
     device_ : torch.device
+    %(interrupted)s
 
     Examples
     --------
@@ -173,6 +174,7 @@ class GCNClassifier(NodeClassifierMixin, TorchEstimatorMixin, ClassifierMixin, B
                 nodes, self._to_tensor(y_encoded, dtype=torch.long)
             )
         self.n_iter_ = len(trainer.history)
+        self.interrupted_ = "training" if trainer.interrupted else None
         self.module_.eval()
         return self
 
