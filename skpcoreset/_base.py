@@ -84,6 +84,19 @@ _SHARED_DOCS = {
     "interrupted": """interrupted_ : str or None
         None after a complete fit; after a KeyboardInterrupt, the phase it stopped (e.g.
         ``'members'``): what was learned until then is kept and later phases are skipped.""",
+    # method pieces (indented for a method docstring)
+    "fit_X_y": """Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, *input_shape)
+            Training rows: a numpy array, pandas DataFrame or torch tensor; image-shaped
+            arrays keep their shape.
+        y : array-like of shape (n_samples,)
+            Class labels.
+
+        Returns
+        -------
+        self
+            The fitted estimator.""",
 }
 
 
@@ -93,16 +106,24 @@ def shared_constraints(*names: str) -> dict:
 
 
 def fill_doc(obj):
-    """Replace ``%(name)s`` in ``obj.__doc__`` by the shared docstring piece ``name``.
+    """Replace ``%(name)s`` in the docstrings of ``obj`` by the shared docstring piece ``name``.
 
     Pieces: ``input_shape``, ``mixed_precision``, ``device``, ``random_state``, ``verbose``
-    (parameters) and ``fitted_basics``, ``interrupted`` (attributes). Only these markers are
-    replaced, so the rest of a docstring may hold any ``%`` or brace.
+    (parameters), ``fitted_basics``, ``interrupted`` (attributes) and, for methods, ``fit_X_y``
+    (the Parameters and Returns of ``fit(X, y)``). A class gets its own docstring and those of
+    the methods it defines filled. Only these markers are replaced, so the rest of a docstring
+    may hold any ``%`` or brace.
     """
-    doc = obj.__doc__ or ""
-    for name, piece in _SHARED_DOCS.items():
-        doc = doc.replace(f"%({name})s", piece)
-    obj.__doc__ = doc
+    targets = [obj]
+    if isinstance(obj, type):
+        targets += [member for member in vars(obj).values() if callable(member) and getattr(member, "__doc__", None)]
+    for target in targets:
+        doc = target.__doc__ or ""
+        if "%(" not in doc:
+            continue
+        for name, piece in _SHARED_DOCS.items():
+            doc = doc.replace(f"%({name})s", piece)
+        target.__doc__ = doc
     return obj
 
 

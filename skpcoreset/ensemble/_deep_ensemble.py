@@ -117,14 +117,7 @@ class DeepEnsembleClassifier(TorchClassifierMixin, ClassifierMixin, BaseEstimato
     def fit(self, X, y):
         """Train ``n_members`` members on ``(X, y)``.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *input_shape)
-        y : array-like of shape (n_samples,)
-
-        Returns
-        -------
-        self
+        %(fit_X_y)s
         """
         X, y = self._validate_X_y(X, y)
         augment = resolve_augmentation(self.augment, self.input_shape_, fill=float(X.min()))
