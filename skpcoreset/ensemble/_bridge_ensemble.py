@@ -453,7 +453,6 @@ class BridgeEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimat
         self.bridges_.append(bridge.eval())
 
     # -- selection -------------------------------------------------------------------------------
-    @torch.no_grad()
     def _select_bridges(self, X_val: torch.Tensor | None, y_val: torch.Tensor | None) -> None:
         """``bridge_order_`` / ``n_bridges_`` from ``n_bridges``; ``validation_scores_`` on held-out data."""
         available = list(range(1, len(self.bridges_) + 1))
@@ -499,6 +498,7 @@ class BridgeEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimat
                 "(curve_max_epochs, bridge_max_epochs), use more modes or a deeper tail (tail_stages).",
             )
 
+    @torch.no_grad()
     def _held_out_members(self, X: torch.Tensor) -> dict:
         out = {}
         modes = sorted({m for j in range(1, len(self.bridges_) + 1) for m in self._mode_indices(j)} | {0})
