@@ -34,6 +34,8 @@ _BATCHNORM_SUBSET = 2048
 # data, weight decay 5e-4 on the curve's middle point and 1e-5 on bridges (Yun et al., 2023).
 _CURVE_WEIGHT_DECAY = 5e-4
 _BRIDGE_WEIGHT_DECAY = 1e-5
+# The default tail (two stages) is shortened to the head when it costs this share of a base pass.
+_MAX_TAIL_SHARE = 0.4
 # A bridge is kept by n_bridges='auto' when it lowers the held-out NLL by more than this (nats).
 _SELECTION_MARGIN = 1e-4
 
@@ -78,10 +80,12 @@ class BridgeEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimat
         that lower the held-out NLL (all of them without held-out data); an int ``k``: the
         first ``k``; None: all.
     tail_stages : int or None, default=None
-        Number of final stages (the head counts as one) a bridge copies. ``None``: 2, or 1 for
-        networks with only two stages. For ``CIFARResNet`` 2 means the last residual block
-        plus the head. A tail that would be a single linear readout (the default MLP's head)
-        becomes a hidden-layer head whose width costs 0.3 of a base forward pass.
+        Number of final stages (the head counts as one) a bridge copies. ``None``: 2 (for
+        ``CIFARResNet`` the last residual block plus the head, for ``ConvNet`` the last conv
+        block plus the head), or 1 when the network has two stages or its last two cost 0.4
+        of a base pass or more (a deep MLP's last hidden layer). A tail that would be a single
+        linear readout (an MLP's head) becomes a hidden-layer head whose width costs 0.3 of a
+        base forward pass.
     feature_layer : str or None, default=None
         Dotted name of the submodule whose output the bridges read (``module.get_submodule``),
         for networks that are not made of stages; the bridge is then a hidden-layer head on
@@ -363,13 +367,30 @@ class BridgeEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimat
                 "the bridges read. (Bezier curves alone work for any nn.Module.)"
             )
         n_stages = len(stages_of(module))
-        tail = self.tail_stages if self.tail_stages is not None else min(2, n_stages - 1)
-        if not 1 <= tail < n_stages:
+        if self.tail_stages is not None:
+            if not 1 <= self.tail_stages < n_stages:
+                raise ValueError(
+                    f"tail_stages={self.tail_stages} must leave at least one stage to the trunk: "
+                    f"the network has {n_stages} stages. Use feature_layer to cut it elsewhere."
+                )
+            return FeatureSplit(stage=n_stages - self.tail_stages)
+        if n_stages < 2:
             raise ValueError(
-                f"tail_stages={self.tail_stages} must leave at least one stage to the trunk: "
-                f"the network has {n_stages} stages. Use feature_layer to cut it elsewhere."
+                f"{type(module).__name__} has {n_stages} stage: bridges need a trunk and a tail. "
+                "Use feature_layer to name the layer whose output the bridges read."
             )
-        return FeatureSplit(stage=n_stages - tail)
+        # the last two stages, unless they cost half a base pass (a deep MLP's last hidden layer)
+        mode_flops = count_flops(module, [module], probe[:1])
+        for tail in (2, 1):
+            if tail >= n_stages:
+                continue
+            split = FeatureSplit(stage=n_stages - tail)
+            with torch.no_grad():
+                features = split.features(module, probe[:1])
+            tail_flops = count_flops(lambda h, s=split: _run_tail(module, h, s), [module], features)
+            if tail == 1 or tail_flops < _MAX_TAIL_SHARE * mode_flops:
+                return split
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _side_spec(self, max_epochs: int | None, forward_flops: int, weight_decay: float) -> TrainSpec:
         """SGD + cosine for curves and bridges: the member preset's optimiser, epochs sized to the data."""
@@ -692,6 +713,12 @@ class BridgeEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimat
         module = self.curves_[curve].module_at(lam, self.batchnorm_inputs_)
         proba = predict_batched(lambda xb: (module(xb) / self.temperature_).softmax(-1), X_t)
         return proba.double().cpu().numpy()
+
+
+def _run_tail(module: nn.Module, features: torch.Tensor, split: FeatureSplit) -> torch.Tensor:
+    for stage in stages_of(module)[split.stage :]:
+        features = stage(features)
+    return features
 
 
 def _fed_with(bridge: nn.Module, n_inputs: int):
