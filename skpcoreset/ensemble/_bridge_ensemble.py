@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from numbers import Integral, Real
 
 import numpy as np
@@ -302,11 +303,10 @@ class BridgeEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimat
         self.bridge_fidelity_ = [self._fidelity(j, X_eval) for j in range(1, len(self.bridges_) + 1)]
         if self.calibrate:
             self.temperature_ = self._fit_temperature(X_eval, y_val if y_val is not None else y_fit)
+        del self._augment  # a fit-time setting, not part of the fitted model
         return self
 
     def _timed(self, phase: str, step, *args) -> None:
-        import time
-
         start = time.perf_counter()
         step(*args)
         self.fit_seconds_[phase] += time.perf_counter() - start
