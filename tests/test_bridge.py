@@ -210,6 +210,35 @@ def test_bridge_loss_with_repulsion_matches_float64_reference():
     torch.testing.assert_close(trainer.loss(x).double(), reference, rtol=1e-5, atol=1e-6)
 
 
+def test_type_two_repulsion_pushes_away_from_both_endpoints():
+    with torch_seed(0):
+        modes = [MLP((6,), 4, hidden_sizes=(5,)) for _ in range(3)]
+    start, end, target = modes
+    x = torch.randn(9, 6)
+    features = [run_stages(m, x, 0, 1) for m in (start, end)]
+    bridge = make_bridge(start, 1, features[0], n_inputs=2, seed=0, n_classes=4, mode_flops=200)
+    trainer = BridgeTrainer(
+        bridge,
+        TrainSpec(),
+        sources=[start, end],
+        split=1,
+        target=target,
+        repulsion=0.3,
+        mixup_alpha=0.0,
+        seed=0,
+        generator=make_generator(0),
+    )
+
+    def kl(p, q):
+        return (p * (p / q).log()).sum(-1).mean()
+
+    with torch.no_grad():
+        p_target, p_start, p_end = (m(x).double().softmax(-1) for m in (target, start, end))
+        q = bridge(features).double().softmax(-1)
+    reference = kl(p_target, q) - 0.3 * (kl(p_start, q) + kl(p_end, q)) / 2
+    torch.testing.assert_close(trainer.loss(x).double(), reference, rtol=1e-5, atol=1e-6)
+
+
 def test_trained_bridge_imitates_its_curve_point_not_mode_zero(flat_bridges):
     clf, _, _ = flat_bridges
     assert len(clf.bridges_) == 2
