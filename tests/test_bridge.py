@@ -453,7 +453,7 @@ def test_auto_keeps_a_bridge_that_lowers_the_held_out_nll():
     X, y = make_classification(
         n_samples=1200, n_features=20, n_informative=10, n_classes=5, flip_y=0.05, random_state=0
     )
-    net = make_net(max_epochs=30, lr=3e-3, module__hidden_sizes=(64,))
+    net = make_net(max_epochs=60, lr=3e-3, module__hidden_sizes=(64,))  # overconfident modes
     clf = BridgeEnsembleClassifier(
         net, curve_max_epochs=30, bridge_max_epochs=30, validation_fraction=0.2, random_state=0
     )
@@ -461,7 +461,7 @@ def test_auto_keeps_a_bridge_that_lowers_the_held_out_nll():
         warnings.simplefilter("error", NoBenefitWarning)
         clf.fit(X.astype(np.float32), y)
     scores = clf.validation_scores_
-    assert clf.n_bridges_ == 1 and scores["ensemble"]["nll"] < scores["single"]["nll"] - 0.005
+    assert clf.n_bridges_ == 1 and scores["ensemble"]["nll"] < scores["single"]["nll"] - 0.05
     assert {"accuracy", "nll", "ece"} <= set(scores["single"])
     assert 1 <= clf.bridge_fidelity_[0]["best_epoch"] <= 30
 
