@@ -41,7 +41,7 @@ from skpcoreset._base import make_generator  # noqa: E402
 from skpcoreset._train import predict_batched  # noqa: E402
 from skpcoreset.datasets import find_data_file, load_npz_images  # noqa: E402
 from skpcoreset.ensemble import BridgeEnsembleClassifier, deep_ensemble_equivalent  # noqa: E402
-from skpcoreset.ensemble._bridge import BridgeTrainer, make_bridge, run_stages  # noqa: E402
+from skpcoreset.ensemble._bridge import BridgeTrainer  # noqa: E402
 from skpcoreset.metrics import evaluate_proba, negative_log_likelihood  # noqa: E402
 from skpcoreset.nets import ConvNet  # noqa: E402
 
@@ -56,7 +56,13 @@ def load(name: str, quick: bool, sizes: tuple[int, int], image_epochs: int, opti
         X, y = (X[order] / 16.0).astype(np.float32), y[order]
         epochs = 3 if quick else 30
         net = make_net(max_epochs=epochs, lr=1e-3, batch_size=64, module__hidden_sizes=(128, 128))
-        return X[:1200], y[:1200], X[1200:], y[1200:], BridgeEnsembleClassifier(net, n_modes=5, curve_max_epochs=epochs)
+        return (
+            X[:1200],
+            y[:1200],
+            X[1200:],
+            y[1200:],
+            BridgeEnsembleClassifier(net, n_modes=5, n_bridges=None, curve_max_epochs=epochs, bridge_max_epochs=epochs),
+        )
     path = find_data_file(IMAGE_FILES[name])
     if path is None:
         raise FileNotFoundError(f"{IMAGE_FILES[name]} is not in shared/data (nothing is downloaded).")
@@ -64,12 +70,21 @@ def load(name: str, quick: bool, sizes: tuple[int, int], image_epochs: int, opti
     data = load_npz_images(path, n_train=n_train, n_test=n_test, random_state=0)
     epochs = 1 if quick else image_epochs
     # 'sgd' is the paper's optimiser (momentum 0.9, weight decay 5e-4), at a constant rate here
-    training = {"adam": {"lr": 1e-3}, "sgd": {"lr": 0.05, "optimizer": torch.optim.SGD,
-                                              "optimizer__momentum": 0.9, "optimizer__weight_decay": 5e-4}}
+    training = {
+        "adam": {"lr": 1e-3},
+        "sgd": {"lr": 0.05, "optimizer": torch.optim.SGD, "optimizer__momentum": 0.9, "optimizer__weight_decay": 5e-4},
+    }
     net = make_net(
         ConvNet, max_epochs=epochs, batch_size=128, module__width=32, module__norm="batchnorm", **training[optimizer]
     )
-    clf = BridgeEnsembleClassifier(net, n_modes=5, tail_stages=2, bridge_max_epochs=None if quick else bridge_epochs)
+    clf = BridgeEnsembleClassifier(
+        net,
+        n_modes=5,
+        n_bridges=None,
+        tail_stages=2,
+        curve_max_epochs=epochs,
+        bridge_max_epochs=epochs if quick else bridge_epochs,
+    )
     return data.X_train, data.y_train, data.X_test, data.y_test, clf
 
 
@@ -111,10 +126,15 @@ def score_rows(clf, X_valid, y_valid, X_test, y_test) -> list[dict]:
     rows = []
     for name, (flops_ratio, members) in test.items():
         temperature = fit_temperature(valid[name][1], y_valid)
-        rows.append({
-            "model": name, "flops_ratio": flops_ratio, **evaluate_proba(y_test, members.mean(0)),
-            "temperature": temperature, "cnll": negative_log_likelihood(y_test, tempered(members, temperature)),
-        })
+        rows.append(
+            {
+                "model": name,
+                "flops_ratio": flops_ratio,
+                **evaluate_proba(y_test, members.mean(0)),
+                "temperature": temperature,
+                "cnll": negative_log_likelihood(y_test, tempered(members, temperature)),
+            }
+        )
     de_nlls = {int(row["model"][3:]): row["nll"] for row in rows if row["model"].startswith("DE-")}
     de_cnlls = {int(row["model"][3:]): row["cnll"] for row in rows if row["model"].startswith("DE-")}
     for row in rows:
@@ -132,11 +152,12 @@ def raw_bridge_loop(bridge, sources, split, target, X, spec, seed, mixup_alpha):
         order = torch.randperm(len(X), generator=generator, device=X.device)
         for start in range(0, len(X) - 1, spec.batch_size):
             xb = X[order[start : start + spec.batch_size]]
-            weight = float(rng.beta(mixup_alpha, mixup_alpha))
+            weight = torch.as_tensor(rng.beta(mixup_alpha, mixup_alpha, size=len(xb)), dtype=xb.dtype)
+            weight = weight.to(X.device).view(-1, *[1] * (xb.dim() - 1))
             partner = torch.randperm(len(xb), generator=generator, device=X.device)
             xb = weight * xb + (1 - weight) * xb[partner]
             with torch.no_grad():
-                features = [run_stages(source, xb, 0, split) for source in sources]
+                features = [split.features(source, xb) for source in sources]
                 target_log_proba = F.log_softmax(target(xb), -1)
             log_q = F.log_softmax(bridge(features), -1)
             loss = F.kl_div(log_q, target_log_proba, log_target=True, reduction="batchmean")
@@ -148,19 +169,24 @@ def raw_bridge_loop(bridge, sources, split, target, X, spec, seed, mixup_alpha):
 def bridge_throughput(clf, X_train, rounds: int) -> dict:
     """Samples/s of BridgeTrainer and of the raw loop (one bridge epoch each, interleaved)."""
     X = clf._to_tensor(clf._validate_X(X_train, reset=False))
-    spec = clf._spec(1)
+    spec = clf._side_spec(1, clf._mode_flops, 1e-5)
     sources, split, target = clf._sources(1), clf.split_, clf.midpoints_[0]
-    with torch.no_grad():
-        example = run_stages(sources[0], X[:2], 0, split)
     rates = {"raw": [], "ours": []}
     for r in range(rounds):
-        bridge = make_bridge(sources[0], split, example, len(sources), seed=r)
+        bridge = clf._new_bridge(1, X[:2], seed=r)
         _, seconds = timed(raw_bridge_loop, bridge, sources, split, target, X, spec, r, clf.mixup_alpha)
         rates["raw"].append(len(X) / seconds)
-        bridge = make_bridge(sources[0], split, example, len(sources), seed=r)
+        bridge = clf._new_bridge(1, X[:2], seed=r)
         trainer = BridgeTrainer(
-            bridge, spec, sources=sources, split=split, target=target, repulsion=0.0,
-            mixup_alpha=clf.mixup_alpha, seed=r, generator=make_generator(r, X.device),
+            bridge,
+            spec,
+            sources=sources,
+            split=split,
+            target=target,
+            repulsion=0.0,
+            mixup_alpha=clf.mixup_alpha,
+            seed=r,
+            generator=make_generator(r, X.device),
         )
         _, seconds = timed(trainer.fit, X)
         rates["ours"].append(len(X) / seconds)
@@ -180,9 +206,12 @@ def run(name: str, args) -> dict:
     n_valid = len(y_test) // 3
     rows = score_rows(clf, X_test[:n_valid], y_test[:n_valid], X_test[n_valid:], y_test[n_valid:])
     for row in rows:
-        print(f"{name:8s} {row['model']:30s} acc {row['accuracy']:.4f} nll {row['nll']:.4f} "
-              f"cnll {row['cnll']:.4f} ece {row['ece']:.4f} flops x{row['flops_ratio']:.2f} "
-              f"DEE {row['dee']:.2f} DEE(cNLL) {row['dee_cnll']:.2f}", flush=True)
+        print(
+            f"{name:8s} {row['model']:30s} acc {row['accuracy']:.4f} nll {row['nll']:.4f} "
+            f"cnll {row['cnll']:.4f} ece {row['ece']:.4f} flops x{row['flops_ratio']:.2f} "
+            f"DEE {row['dee']:.2f} DEE(cNLL) {row['dee_cnll']:.2f}",
+            flush=True,
+        )
     return {
         "n_train": len(y_train),
         "n_validation": n_valid,
@@ -190,7 +219,7 @@ def run(name: str, args) -> dict:
         "estimator": repr(clf),
         "fit_seconds": fit_seconds,
         "ensemble_strategy": clf.ensemble_strategy_,
-        "split_stage": clf.split_,
+        "split": repr(clf.split_),
         "flops": clf.flops_,
         "bridge_fidelity": clf.bridge_fidelity_,
         "rows": rows,
@@ -200,8 +229,7 @@ def run(name: str, args) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["digits", "fashion"],
-                        choices=["digits", *IMAGE_FILES])
+    parser.add_argument("--datasets", nargs="+", default=["digits", "fashion"], choices=["digits", *IMAGE_FILES])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)

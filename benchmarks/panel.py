@@ -145,10 +145,14 @@ def run_bridge(data, seed: int, rec: Recorder) -> dict:
         **prefixed("de2", de2),
         "modes_de2_nll": scores(y_test, np.mean(modes, axis=0))["nll"],
         "dee": deep_ensemble_equivalent(ensemble["nll"], {1: de1["nll"], 2: de2["nll"]}),
-        "n_bridges": len(bridge.bridges_),
+        "n_bridges": bridge.n_bridges_,
+        "n_bridges_trained": len(bridge.bridges_),
         "bridge_costs": bridge_costs,
         "max_bridge_cost": max(bridge_costs, default=0.0),
         "cost_ratio": bridge.cost_ratio_,
+        "all_bridges_nll": scores(y_test, bridge.predict_proba(X_test, n_bridges=len(bridge.bridges_)))["nll"],
+        "midpoint_nll": scores(y_test, bridge.midpoint_proba(X_test)[0])["nll"] if bridge.midpoints_ else None,
+        "phase_seconds": dict(bridge.fit_seconds_),
     }
 
 
@@ -326,7 +330,8 @@ def check_bridge_cost(quick: bool, seed: int) -> list[dict]:
             start = time.perf_counter()
             try:
                 bridge = BridgeEnsembleClassifier(
-                    make_net(module, max_epochs=1, batch_size=32), bridge_type=bridge_type, random_state=seed
+                    make_net(module, max_epochs=1, batch_size=32), bridge_type=bridge_type, curve_max_epochs=1,
+                    bridge_max_epochs=1, random_state=seed,
                 )
                 rec.fit("bridge_ensemble", bridge, X, y)
                 costs = [flops / bridge.flops_["mode"] for flops in bridge.flops_["bridges"]]
@@ -459,7 +464,8 @@ def _mark(value) -> str:
 
 # -- markdown ----------------------------------------------------------------------------------------
 COLUMNS = {
-    "bridge": [("mode 0 NLL", "single_nll"), ("+bridges NLL", "ensemble_nll"), ("DE-2 NLL", "de2_nll"),
+    "bridge": [("mode 0 NLL", "single_nll"), ("+bridges NLL", "ensemble_nll"), ("all bridges NLL", "all_bridges_nll"),
+               ("midpoint NLL", "midpoint_nll"), ("DE-2 NLL", "de2_nll"),
                ("DE-2 (own modes) NLL", "modes_de2_nll"), ("DEE", "dee"), ("bridges", "n_bridges"),
                ("max bridge cost", "max_bridge_cost"), ("cost ratio", "cost_ratio"),
                ("mode 0 acc", "single_accuracy"), ("+bridges acc", "ensemble_accuracy"),
