@@ -10,10 +10,11 @@ from sklearn.frozen import FrozenEstimator
 from torch.func import functional_call
 
 from skpcoreset import DeepEnsembleClassifier, make_net
+from skpcoreset._holdout import holdout_split
 from skpcoreset._train import TrainSpec
 from skpcoreset.augment import default_max_shift, random_horizontal_flip, random_shift, resolve_augmentation
 from skpcoreset.distill import DiverseDistiller
-from skpcoreset.distill._distiller import DistillationTrainer, _validation_split, mean_pairwise_disagreement
+from skpcoreset.distill._distiller import DistillationTrainer, mean_pairwise_disagreement
 from skpcoreset.distill._perturbations import (
     PerturbationConfig,
     confods_perturbation,
@@ -215,8 +216,15 @@ def test_factors_get_no_weight_decay():
     student = BatchEnsembleNet(MLP((64,), 10, (16,)), 2)
     spec = TrainSpec(optimizer=torch.optim.AdamW, optimizer_kwargs={"weight_decay": 0.1})
     trainer = DistillationTrainer(
-        student, spec, teacher=None, perturbation=None, config=PerturbationConfig(0.0),
-        alpha=0.9, temperature=1.0, latent_penalty=0.0, generator=_generator(),
+        student,
+        spec,
+        teacher=None,
+        perturbation=None,
+        config=PerturbationConfig(0.0),
+        alpha=0.9,
+        temperature=1.0,
+        latent_penalty=0.0,
+        generator=_generator(),
     )
     groups = trainer.configure_optimizer().param_groups
     factor_ids = {id(p) for p in student.factor_parameters()}
@@ -260,8 +268,13 @@ def test_distillation_loss_matches_naive_float64(n_student):
 def test_batchensemble_student_inherits_teacher_member_structure(teacher, digits_small):
     X, y = digits_small
     distiller = DiverseDistiller(
-        FrozenEstimator(teacher), student="batchensemble", perturbation=None, net=_net(60),
-        alpha=1.0, validation_fraction=0.0, random_state=0,
+        FrozenEstimator(teacher),
+        student="batchensemble",
+        perturbation=None,
+        net=_net(60),
+        alpha=1.0,
+        validation_fraction=0.0,
+        random_state=0,
     ).fit(X, y)
     student = torch.as_tensor(distiller.student_member_proba(X))
     members = torch.as_tensor(teacher.member_proba(X))
@@ -276,8 +289,12 @@ def test_batchensemble_student_inherits_teacher_member_structure(teacher, digits
 def test_latentbe_predicts_with_the_merged_network(digits_small):
     X, y = digits_small
     distiller = DiverseDistiller(
-        net=_net(10, (16,)), n_teachers=2, student="latentbe", perturbation="confods",
-        step_size=0.05, random_state=0,
+        net=_net(10, (16,)),
+        n_teachers=2,
+        student="latentbe",
+        perturbation="confods",
+        step_size=0.05,
+        random_state=0,
     ).fit(X, y)
     merged_proba = distiller.merged_(torch.as_tensor(X)).softmax(-1).detach().numpy()
     np.testing.assert_allclose(distiller.predict_proba(X), merged_proba, rtol=1e-5, atol=1e-6)
@@ -356,7 +373,7 @@ def test_merged_batchnorm_statistics_are_recomputed():
 
 def test_validation_split_keeps_every_class_in_training():
     y = np.repeat(np.arange(4), [1, 3, 10, 25])
-    train, valid = _validation_split(y, 0.2, np.random.RandomState(0))
+    train, valid = holdout_split(y, 0.2, np.random.RandomState(0))
     assert sorted(np.concatenate([train, valid]).tolist()) == list(range(len(y)))
     np.testing.assert_array_equal(np.bincount(y[valid], minlength=4), [0, 0, 2, 5])
     assert set(y[train].tolist()) == {0, 1, 2, 3}
@@ -391,7 +408,9 @@ def test_random_shift_matches_naive_translation():
     seen = set()
     for image, result in zip(X, shifted, strict=True):
         matches = [
-            (dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
             if torch.equal(result, _naive_shift(image, dy, dx, -1.0))
         ]
         assert matches, "every output is the input translated by at most max_shift pixels"
@@ -430,8 +449,14 @@ def test_distiller_augments_every_transfer_batch_before_the_perturbation(teacher
     for perturbation in (None, "ods"):
         calls.clear()
         distiller = DiverseDistiller(
-            FrozenEstimator(teacher), student="single", perturbation=perturbation, net=_net(2),
-            augment=augment, step_size=0.02, validation_fraction=0.0, random_state=0,
+            FrozenEstimator(teacher),
+            student="single",
+            perturbation=perturbation,
+            net=_net(2),
+            augment=augment,
+            step_size=0.02,
+            validation_fraction=0.0,
+            random_state=0,
         ).fit(X, y)
         assert len(calls) == 2 * math.ceil(len(X) / 32)  # once per batch, whatever the perturbation
         assert all(shape[1:] == (64,) for shape in calls)
@@ -444,7 +469,12 @@ def test_shift_augmentation_on_image_rows(digits_small):
         DiverseDistiller(net=_net(1), n_teachers=2, augment="shift").fit(X, y)
     distiller = DiverseDistiller(
         net=make_net(ConvNet, max_epochs=3, lr=1e-2, batch_size=64, module__width=8, module__depth=2),
-        n_teachers=2, student="latentbe", perturbation="ods", augment="shift", input_shape=(1, 8, 8),
-        step_size=0.02, random_state=0,
+        n_teachers=2,
+        student="latentbe",
+        perturbation="ods",
+        augment="shift",
+        input_shape=(1, 8, 8),
+        step_size=0.02,
+        random_state=0,
     ).fit(X, y)
     assert distiller.predict_proba(X).shape == (len(X), 10)
