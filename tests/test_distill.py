@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.frozen import FrozenEstimator
 from skorch.callbacks import Callback, LRScheduler
@@ -289,6 +290,7 @@ def test_batchensemble_student_inherits_teacher_member_structure(teacher, digits
 
 
 # -- the estimator ------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::skpcoreset.exceptions.NoBenefitWarning")
 def test_latentbe_predicts_with_the_merged_network(digits_small):
     X, y = digits_small
     distiller = DiverseDistiller(
@@ -297,6 +299,7 @@ def test_latentbe_predicts_with_the_merged_network(digits_small):
         student="latentbe",
         perturbation="confods",
         step_size=0.05,
+        check_benefit="warn",  # the perturbed student predicts, whatever the check found
         random_state=0,
     ).fit(X, y)
     merged_proba = distiller.merged_(torch.as_tensor(X)).softmax(-1).detach().numpy()
@@ -634,6 +637,19 @@ def test_no_benefit_warning_when_the_perturbation_does_not_beat_kd(digits_small)
     assert set(scores) == {"teacher", "student", "kd_student"}
     assert scores["student"]["nll"] > scores["kd_student"]["nll"] + 0.1
     assert set(scores["teacher"]) == {"accuracy", "nll", "ece"}
+    # 'select' (the default): the KD student predicts, the same network a perturbation=None fit trains
+    assert distiller.selected_ == "kd_student"
+    X, y = digits_small
+    kd = DiverseDistiller(
+        teacher=FrozenEstimator(distiller.teacher_), net=_net(epochs=10), student="single", perturbation=None,
+        alpha=1.0, validation_fraction=0.3, random_state=0,
+    ).fit(X, y)
+    np.testing.assert_allclose(distiller.predict_proba(X), kd.predict_proba(X), rtol=1e-5, atol=1e-6)
+    assert distiller.distill_gap_["nll"] == pytest.approx(kd.distill_gap_["nll"], abs=1e-6)
+    warned = clone(distiller).set_params(check_benefit="warn")
+    with pytest.warns(NoBenefitWarning):
+        warned.fit(X, y)
+    assert warned.selected_ == "student" and warned.kd_student_ is not None
 
 
 def test_check_benefit_false_skips_the_kd_baseline(digits_small):

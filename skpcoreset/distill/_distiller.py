@@ -218,11 +218,15 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         ``diversity_``. When nothing is held out (0, or classes too small) the last two are
         measured on the training data and ``validation_scores_`` is empty. A prefitted teacher
         may have seen the held-out samples.
-    check_benefit : bool, default=True
-        With a perturbation, also train the plain KD student (``perturbation=None``, same
-        teacher, split and regime; cheaper than the perturbed one) and score it on the
-        held-out split, warning with :class:`~skpcoreset.exceptions.NoBenefitWarning` when the
-        perturbed student's NLL is not below it. False skips that run.
+    check_benefit : {'select', 'warn'} or False, default='select'
+        With a perturbation, also train the plain KD student (``perturbation=None``; the same
+        initialisation, batches, teacher, split and regime; cheaper than the perturbed one)
+        and score both on the held-out split, warning with
+        :class:`~skpcoreset.exceptions.NoBenefitWarning` when the perturbed student's NLL is
+        not below the KD student's. 'select': the KD student then predicts (``selected_``);
+        'warn': the perturbed student predicts anyway. False skips that run. The perturbation
+        helps where the teacher is better than KD (teachers that fit their training set); it
+        cannot where KD alone already matches or beats the teacher (e.g. label noise).
     input_shape : tuple of int or None, default=None
         Shape of one sample when flat rows hold images, e.g. ``(1, 8, 8)``.
     device : {'cpu', 'cuda', 'cuda:N', 'auto'}, default='cpu'
@@ -236,23 +240,29 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
     teacher_ : object
         The fitted teacher that was distilled.
     student_ : nn.Module
-        The trained student; a :class:`~skpcoreset.nets.BatchEnsembleNet` for BatchEnsemble and
+        The student trained with the perturbation; a :class:`~skpcoreset.nets.BatchEnsembleNet` for BatchEnsemble and
         LatentBE students (member logits ``(M, N, C)``).
     merged_ : nn.Module
         LatentBE only: the plain network with the members' averaged weights, used by
         ``predict_proba``; its batch-norm statistics (if any) are recomputed on the training
         split.
     validation_scores_ : dict
-        Held-out ``accuracy``, ``nll`` and ``ece`` of the ``'teacher'``, the ``'student'`` and,
-        with a perturbation and ``check_benefit``, the ``'kd_student'``; empty when nothing is
-        held out.
+        Held-out ``accuracy``, ``nll`` and ``ece`` of the ``'teacher'``, the (perturbed)
+        ``'student'`` and, with a perturbation and ``check_benefit``, the ``'kd_student'``;
+        empty when nothing is held out.
+    kd_student_, kd_merged_ : nn.Module or None
+        The KD student of the benefit check (and its merged network, LatentBE), None when it
+        was not trained.
+    selected_ : {'student', 'kd_student'}
+        Which student predicts: the perturbed one unless ``check_benefit='select'`` found it no
+        better than the KD student on the held-out split.
     alpha_, temperature_ : float
         The distillation weight and temperature used (``'auto'`` resolved).
     input_scale_ : tensor or None
         Per-feature standard deviation of the training X, the unit of the perturbation step
         on flat rows; None for images.
     distill_gap_ : dict
-        Teacher minus student ``accuracy``, ``nll`` and ``ece`` on the validation split, and
+        Teacher minus (selected) student ``accuracy``, ``nll`` and ``ece`` on the validation split, and
         ``split`` ('validation' or 'train').
     diversity_ : dict
         Mean pairwise disagreement of the members' top classes, ``teacher`` and ``student``
@@ -302,7 +312,7 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         "augment": [None, StrOptions(set(NAMED_AUGMENTATIONS)), callable],
         "latent_penalty": [Interval(Real, 0, None, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
-        "check_benefit": ["boolean"],
+        "check_benefit": [StrOptions({"select", "warn"}), "boolean"],
         "input_shape": [None, tuple, list],
         "device": [str, torch.device],
         "random_state": ["random_state"],
@@ -324,7 +334,7 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         augment=None,
         latent_penalty=1.0,
         validation_fraction=0.1,
-        check_benefit=True,
+        check_benefit="select",
         input_shape=None,
         device="cpu",
         random_state=None,
@@ -366,7 +376,7 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         self._check_perturbation_fits()
         X, y = self._validate_X_y(X, y)
         generator = self._init_torch()
-        teacher_seed, student_seed, baseline_seed = seed_from_random_state(self._seed, 3)
+        teacher_seed, student_seed = seed_from_random_state(self._seed, 2)
         train, valid = holdout_split(y, self.validation_fraction, check_random_state(self._seed))
         X_train = self._to_tensor(X[train])
         self._n_train = len(train)
@@ -383,14 +393,19 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         )
         self.history_ = trainer.history
         self.interrupted_ = "student" if trainer.interrupted else None
-        if self._student_kind() == "latentbe":
-            self.merged_ = recompute_batchnorm(self.student_.merge(), X_train)
+        self.merged_ = self._merge(self.student_, X_train)
+        self.kd_student_ = self.kd_merged_ = None
+        self.selected_ = "student"
+        self.validation_scores_ = {}
+        if len(valid):
+            self._check_benefit(teacher, X[valid], y[valid], student_seed, augment, X_train, y_train)
         measured = valid if len(valid) else train
         self._measure(teacher, X[measured], y[measured], "validation" if len(valid) else "train")
-        self.validation_scores_ = self._validation_scores(
-            teacher, X[valid], y[valid], baseline_seed, augment, X_train, y_train
-        )
         return self
+
+    def _merge(self, student, X_train):
+        """LatentBE: the merged plain network (batch-norm statistics recomputed); else None."""
+        return recompute_batchnorm(student.merge(), X_train) if self._student_kind() == "latentbe" else None
 
     def _loss_settings(self) -> tuple[float, float]:
         """``alpha`` and ``temperature`` as run: 'auto' is the official setting of the perturbation."""
@@ -430,37 +445,43 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         student.eval()
         return student, trainer
 
-    def _validation_scores(self, teacher, X_valid, y_valid, seed, augment, X_train, y_train) -> dict:
-        """Held-out scores of the teacher, the student and (with a perturbation) a KD student.
+    def _check_benefit(self, teacher, X_valid, y_valid, seed, augment, X_train, y_train) -> None:
+        """Held-out scores of the teacher, the student and (with a perturbation) the KD student.
 
-        The KD student is the same student trained on the same split from the same teacher
-        without perturbation: the baseline whose NLL the perturbation must beat. A
-        :class:`~skpcoreset.exceptions.NoBenefitWarning` says when it does not.
+        The KD student is the same student (same initialisation, batches, teacher, split and
+        regime) trained without perturbation: the baseline whose NLL the perturbation must
+        beat. When it does not, a :class:`~skpcoreset.exceptions.NoBenefitWarning` says so
+        and, with ``check_benefit='select'``, the KD student predicts (``selected_``).
         """
-        if not len(y_valid):
-            return {}
         X_t = self._to_tensor(X_valid)
         teacher_members = predict_batched(lambda xb: teacher.member_proba(xb).transpose(0, 1), X_t)
         teacher_proba = _normalise(teacher_members.transpose(0, 1).double().cpu().numpy().mean(axis=0))
-        results = {"teacher": scores(y_valid, teacher_proba), "student": scores(y_valid, self._proba_from_tensor(X_t))}
+        self.validation_scores_ = {
+            "teacher": scores(y_valid, teacher_proba),
+            "student": scores(y_valid, self._proba_of(self.student_, self.merged_, X_t)),
+        }
         if self.perturbation is None or not self.check_benefit or self.interrupted_ is not None:
-            return results
-        generator = make_generator(seed, self.device_)
+            return
+        generator = make_generator(self._seed, self.device_)  # the batches the student saw
         kd, trainer = self._train_student(teacher, None, seed, generator, augment, X_train, y_train)
         if trainer.interrupted:
             self.interrupted_ = "kd_baseline"
-            return results
-        merged = recompute_batchnorm(kd.merge(), X_train) if self._student_kind() == "latentbe" else None
-        results["kd_student"] = scores(y_valid, self._proba_of(kd, merged, X_t))
-        warn_if_no_benefit(
+            return
+        self.kd_student_, self.kd_merged_ = kd, self._merge(kd, X_train)
+        self.validation_scores_["kd_student"] = scores(y_valid, self._proba_of(kd, self.kd_merged_, X_t))
+        select = self.check_benefit == "select"
+        method = f"{self.perturbation} student"
+        benefit = warn_if_no_benefit(
             type(self).__name__,
-            f"{self.perturbation} student",
+            method,
             "KD student",
-            {f"{self.perturbation} student": results["student"], "KD student": results["kd_student"]},
-            "The perturbation transferred nothing the plain KD student did not learn; try a larger "
-            "step_size, another perturbation, or perturbation=None (cheaper).",
+            {method: self.validation_scores_["student"], "KD student": self.validation_scores_["kd_student"]},
+            ("The KD student predicts (selected_='kd_student'); " if select else "")
+            + "the perturbation transferred nothing the plain KD student did not learn here (a teacher "
+            "no better than KD, or steps too large or too small: see step_size).",
         )
-        return results
+        if select and not benefit:
+            self.selected_ = "kd_student"
 
     def _student_kind(self) -> str:
         return self.student if isinstance(self.student, str) else "single"
@@ -605,12 +626,19 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         }
 
     # -- predict --------------------------------------------------------------------------------
+    def _predictor(self) -> tuple:
+        """The selected student and its merged network (LatentBE)."""
+        if getattr(self, "selected_", "student") == "kd_student":
+            return self.kd_student_, self.kd_merged_
+        return self.student_, getattr(self, "merged_", None)
+
     def _student_member_proba(self, X: torch.Tensor) -> np.ndarray:
-        proba = predict_batched(lambda xb: student_member_logits(self.student_, xb).softmax(-1).transpose(0, 1), X)
+        student = self._predictor()[0]
+        proba = predict_batched(lambda xb: student_member_logits(student, xb).softmax(-1).transpose(0, 1), X)
         return proba.transpose(0, 1).double().cpu().numpy()
 
     def _proba_from_tensor(self, X: torch.Tensor) -> np.ndarray:
-        return self._proba_of(self.student_, getattr(self, "merged_", None), X)
+        return self._proba_of(*self._predictor(), X)
 
     def _proba_of(self, student, merged, X: torch.Tensor) -> np.ndarray:
         if self._student_kind() == "latentbe":
