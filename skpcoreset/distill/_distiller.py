@@ -223,7 +223,9 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         initialisation, batches, teacher, split and regime; cheaper than the perturbed one)
         and score both on the held-out split, warning with
         :class:`~skpcoreset.exceptions.NoBenefitWarning` when the perturbed student's NLL is
-        not below the KD student's. 'select': the KD student then predicts (``selected_``);
+        not below the KD student's by more than one standard error of their paired per-sample
+        NLL difference (``benefit_margin_``). 'select': the KD student then predicts
+        (``selected_``);
         'warn': the perturbed student predicts anyway. False skips that run. The perturbation
         helps where the teacher is better than KD (teachers that fit their training set); it
         cannot where KD alone already matches or beats the teacher (e.g. label noise).
@@ -253,6 +255,9 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
     kd_student_, kd_merged_ : nn.Module or None
         The KD student of the benefit check (and its merged network, LatentBE), None when it
         was not trained.
+    benefit_margin_ : float or None
+        The standard error of the paired per-sample held-out NLL difference between the
+        perturbed and the KD student: the margin the perturbed student must win by.
     selected_ : {'student', 'kd_student'}
         Which student predicts: the perturbed one unless ``check_benefit='select'`` found it no
         better than the KD student on the held-out split.
@@ -395,6 +400,7 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         self.interrupted_ = "student" if trainer.interrupted else None
         self.merged_ = self._merge(self.student_, X_train)
         self.kd_student_ = self.kd_merged_ = None
+        self.benefit_margin_ = None
         self.selected_ = "student"
         self.validation_scores_ = {}
         if len(valid):
@@ -468,7 +474,15 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
             self.interrupted_ = "kd_baseline"
             return
         self.kd_student_, self.kd_merged_ = kd, self._merge(kd, X_train)
-        self.validation_scores_["kd_student"] = scores(y_valid, self._proba_of(kd, self.kd_merged_, X_t))
+        kd_proba = self._proba_of(kd, self.kd_merged_, X_t)
+        self.validation_scores_["kd_student"] = scores(y_valid, kd_proba)
+        # the benefit must exceed one standard error of the paired per-sample NLL difference
+        student_proba = self._proba_of(self.student_, self.merged_, X_t)
+        rows = np.arange(len(y_valid))
+        difference = np.log(np.clip(student_proba[rows, y_valid], 1e-12, None)) - np.log(
+            np.clip(kd_proba[rows, y_valid], 1e-12, None)
+        )
+        self.benefit_margin_ = float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else 0.0
         select = self.check_benefit == "select"
         method = f"{self.perturbation} student"
         benefit = warn_if_no_benefit(
@@ -476,9 +490,11 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
             method,
             "KD student",
             {method: self.validation_scores_["student"], "KD student": self.validation_scores_["kd_student"]},
-            ("The KD student predicts (selected_='kd_student'); " if select else "")
+            f"It must win by one paired standard error ({self.benefit_margin_:.4f} nats). "
+            + ("The KD student predicts (selected_='kd_student'); " if select else "")
             + "the perturbation transferred nothing the plain KD student did not learn here (a teacher "
             "no better than KD, or steps too large or too small: see step_size).",
+            margin=self.benefit_margin_,
         )
         if select and not benefit:
             self.selected_ = "kd_student"
