@@ -637,6 +637,7 @@ def test_no_benefit_warning_when_the_perturbation_does_not_beat_kd(digits_small)
     assert set(scores) == {"teacher", "student", "kd_student"}
     assert scores["student"]["nll"] > scores["kd_student"]["nll"] + 0.1
     assert set(scores["teacher"]) == {"accuracy", "nll", "ece"}
+    assert 0 < distiller.benefit_margin_ < 0.5  # one paired standard error of the per-sample NLL difference
     # 'select' (the default): the KD student predicts, the same network a perturbation=None fit trains
     assert distiller.selected_ == "kd_student"
     X, y = digits_small
