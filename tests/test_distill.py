@@ -642,8 +642,13 @@ def test_no_benefit_warning_when_the_perturbation_does_not_beat_kd(digits_small)
     assert distiller.selected_ == "kd_student"
     X, y = digits_small
     kd = DiverseDistiller(
-        teacher=FrozenEstimator(distiller.teacher_), net=_net(epochs=10), student="single", perturbation=None,
-        alpha=1.0, validation_fraction=0.3, random_state=0,
+        teacher=FrozenEstimator(distiller.teacher_),
+        net=_net(epochs=10),
+        student="single",
+        perturbation=None,
+        alpha=1.0,
+        validation_fraction=0.3,
+        random_state=0,
     ).fit(X, y)
     np.testing.assert_allclose(distiller.predict_proba(X), kd.predict_proba(X), rtol=1e-5, atol=1e-6)
     assert distiller.distill_gap_["nll"] == pytest.approx(kd.distill_gap_["nll"], abs=1e-6)
