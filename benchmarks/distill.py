@@ -8,6 +8,10 @@ where what the perturbation adds to the transfer set matters most) -- and scored
 split (accuracy, NLL, ECE). ``--sweep`` adds single students with Gaussian and ODS
 perturbations over several step sizes.
 
+``--step-size`` follows ``DiverseDistiller``: a fraction of the data range for image inputs
+(``--arch conv``), per-feature standard deviations for flat rows (the MLP runs). The held-out
+benefit check is off here (``validation_fraction=0``): every row is the student it names.
+
 The headline figure is the share of the KD-to-teacher NLL gap that a perturbation closes,
 ``(NLL_KD - NLL_method) / (NLL_KD - NLL_teacher)`` per student kind (means over seeds); the
 papers' shape is ODS/ConfODS >= 50% and Gaussian < 20%.

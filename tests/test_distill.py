@@ -1,19 +1,23 @@
 """DiverseDistiller: perturbations, BatchEnsemble/LatentBE students, targets, teachers."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.frozen import FrozenEstimator
+from skorch.callbacks import Callback, LRScheduler
 from torch.func import functional_call
 
 from skpcoreset import DeepEnsembleClassifier, make_net
-from skpcoreset._train import TrainSpec
+from skpcoreset._holdout import holdout_split
+from skpcoreset._train import TrainSpec, WarmupCosineLR
 from skpcoreset.augment import default_max_shift, random_horizontal_flip, random_shift, resolve_augmentation
 from skpcoreset.distill import DiverseDistiller
-from skpcoreset.distill._distiller import DistillationTrainer, _validation_split, mean_pairwise_disagreement
+from skpcoreset.distill._distiller import DistillationTrainer, mean_pairwise_disagreement
 from skpcoreset.distill._perturbations import (
     PerturbationConfig,
     confods_perturbation,
@@ -27,6 +31,7 @@ from skpcoreset.distill._students import (
     distillation_targets,
 )
 from skpcoreset.distill._teachers import resolve_teacher
+from skpcoreset.exceptions import NoBenefitWarning
 from skpcoreset.nets import MLP, ConvNet
 from skpcoreset.nets._batchensemble import BatchEnsembleConv2d, BatchEnsembleLinear, BatchEnsembleNet
 from skpcoreset.nets._batchnorm import recompute_batchnorm
@@ -215,8 +220,15 @@ def test_factors_get_no_weight_decay():
     student = BatchEnsembleNet(MLP((64,), 10, (16,)), 2)
     spec = TrainSpec(optimizer=torch.optim.AdamW, optimizer_kwargs={"weight_decay": 0.1})
     trainer = DistillationTrainer(
-        student, spec, teacher=None, perturbation=None, config=PerturbationConfig(0.0),
-        alpha=0.9, temperature=1.0, latent_penalty=0.0, generator=_generator(),
+        student,
+        spec,
+        teacher=None,
+        perturbation=None,
+        config=PerturbationConfig(0.0),
+        alpha=0.9,
+        temperature=1.0,
+        latent_penalty=0.0,
+        generator=_generator(),
     )
     groups = trainer.configure_optimizer().param_groups
     factor_ids = {id(p) for p in student.factor_parameters()}
@@ -260,8 +272,13 @@ def test_distillation_loss_matches_naive_float64(n_student):
 def test_batchensemble_student_inherits_teacher_member_structure(teacher, digits_small):
     X, y = digits_small
     distiller = DiverseDistiller(
-        FrozenEstimator(teacher), student="batchensemble", perturbation=None, net=_net(60),
-        alpha=1.0, validation_fraction=0.0, random_state=0,
+        FrozenEstimator(teacher),
+        student="batchensemble",
+        perturbation=None,
+        net=_net(60),
+        alpha=1.0,
+        validation_fraction=0.0,
+        random_state=0,
     ).fit(X, y)
     student = torch.as_tensor(distiller.student_member_proba(X))
     members = torch.as_tensor(teacher.member_proba(X))
@@ -273,11 +290,17 @@ def test_batchensemble_student_inherits_teacher_member_structure(teacher, digits
 
 
 # -- the estimator ------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::skpcoreset.exceptions.NoBenefitWarning")
 def test_latentbe_predicts_with_the_merged_network(digits_small):
     X, y = digits_small
     distiller = DiverseDistiller(
-        net=_net(10, (16,)), n_teachers=2, student="latentbe", perturbation="confods",
-        step_size=0.05, random_state=0,
+        net=_net(10, (16,)),
+        n_teachers=2,
+        student="latentbe",
+        perturbation="confods",
+        step_size=0.05,
+        check_benefit="warn",  # the perturbed student predicts, whatever the check found
+        random_state=0,
     ).fit(X, y)
     merged_proba = distiller.merged_(torch.as_tensor(X)).softmax(-1).detach().numpy()
     np.testing.assert_allclose(distiller.predict_proba(X), merged_proba, rtol=1e-5, atol=1e-6)
@@ -356,7 +379,7 @@ def test_merged_batchnorm_statistics_are_recomputed():
 
 def test_validation_split_keeps_every_class_in_training():
     y = np.repeat(np.arange(4), [1, 3, 10, 25])
-    train, valid = _validation_split(y, 0.2, np.random.RandomState(0))
+    train, valid = holdout_split(y, 0.2, np.random.RandomState(0))
     assert sorted(np.concatenate([train, valid]).tolist()) == list(range(len(y)))
     np.testing.assert_array_equal(np.bincount(y[valid], minlength=4), [0, 0, 2, 5])
     assert set(y[train].tolist()) == {0, 1, 2, 3}
@@ -391,7 +414,9 @@ def test_random_shift_matches_naive_translation():
     seen = set()
     for image, result in zip(X, shifted, strict=True):
         matches = [
-            (dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
             if torch.equal(result, _naive_shift(image, dy, dx, -1.0))
         ]
         assert matches, "every output is the input translated by at most max_shift pixels"
@@ -430,8 +455,14 @@ def test_distiller_augments_every_transfer_batch_before_the_perturbation(teacher
     for perturbation in (None, "ods"):
         calls.clear()
         distiller = DiverseDistiller(
-            FrozenEstimator(teacher), student="single", perturbation=perturbation, net=_net(2),
-            augment=augment, step_size=0.02, validation_fraction=0.0, random_state=0,
+            FrozenEstimator(teacher),
+            student="single",
+            perturbation=perturbation,
+            net=_net(2),
+            augment=augment,
+            step_size=0.02,
+            validation_fraction=0.0,
+            random_state=0,
         ).fit(X, y)
         assert len(calls) == 2 * math.ceil(len(X) / 32)  # once per batch, whatever the perturbation
         assert all(shape[1:] == (64,) for shape in calls)
@@ -444,7 +475,200 @@ def test_shift_augmentation_on_image_rows(digits_small):
         DiverseDistiller(net=_net(1), n_teachers=2, augment="shift").fit(X, y)
     distiller = DiverseDistiller(
         net=make_net(ConvNet, max_epochs=3, lr=1e-2, batch_size=64, module__width=8, module__depth=2),
-        n_teachers=2, student="latentbe", perturbation="ods", augment="shift", input_shape=(1, 8, 8),
-        step_size=0.02, random_state=0,
+        n_teachers=2,
+        student="latentbe",
+        perturbation="ods",
+        augment="shift",
+        input_shape=(1, 8, 8),
+        step_size=0.02,
+        random_state=0,
     ).fit(X, y)
     assert distiller.predict_proba(X).shape == (len(X), 10)
+
+
+# -- regime, eval-mode perturbation passes, per-feature steps, benefit check -----------------------
+class _LrRecorder(Callback):
+    """Records the learning rate after every epoch (in a class list: templates are cloned)."""
+
+    seen: list = []
+
+    def on_epoch_end(self, net, **kwargs):
+        _LrRecorder.seen.append(net.optimizer_.param_groups[0]["lr"])
+
+
+def test_student_runs_its_templates_callbacks(digits_small):
+    _LrRecorder.seen = []
+    schedule = LRScheduler(WarmupCosineLR, step_every="batch", event_name=None)
+    net = _net(epochs=6, callbacks=[("schedule", schedule), ("lr", _LrRecorder())])
+    teacher_nets = [_net(epochs=2), _net(epochs=2)]
+    DiverseDistiller(teacher_nets, student="single", net=net, perturbation=None, random_state=0).fit(*digits_small)
+    student_lrs = _LrRecorder.seen[-6:]
+    assert len(_LrRecorder.seen) == 6  # the teacher nets have no recorder; the student ran it each epoch
+    assert student_lrs[0] > 0.5e-2 and student_lrs[-1] < 1e-4  # warm-up + cosine annealed to ~0
+
+
+def test_default_teacher_is_trained_with_the_students_augmentation(digits_small):
+    calls = []
+
+    def augment(X, generator):
+        calls.append(len(X))
+        return X
+
+    distiller = DiverseDistiller(
+        net=_net(epochs=2), n_teachers=2, student="single", perturbation=None, augment=augment, random_state=0
+    ).fit(*digits_small)
+    assert distiller.teacher_.augment is augment
+    # two teacher members and the student, 2 epochs each, every training row augmented
+    assert sum(calls) >= 3 * 2 * (distiller._n_train - 1)
+
+
+def test_perturbation_passes_leave_batchnorm_statistics_untouched(adapter, digits_small):
+    X = torch.as_tensor(digits_small[0][:64]).view(-1, 1, 8, 8)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        student = BatchEnsembleNet(ConvNet((1, 8, 8), 10, width=4, depth=2, norm="batchnorm"), 4)
+    student.train()
+    with torch.no_grad():
+        student(X.repeat(4, 1, 1, 1))  # running statistics away from their initial values
+    buffers = lambda: {k: v.clone() for k, v in student.state_dict().items() if "running" in k or "batches" in k}  # noqa: E731
+    before = buffers()
+    config = PerturbationConfig(step_size=0.05, lower=0.0, upper=1.0, temperature=4.0)
+    trainer = DistillationTrainer(
+        student,
+        TrainSpec(),
+        teacher=adapter,
+        perturbation="tdiv_sdiv",
+        config=config,
+        alpha=1.0,
+        temperature=4.0,
+        latent_penalty=0.0,
+        generator=_generator(3),
+    )
+    moved = trainer.perturbed(X)
+    for key, value in buffers().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    assert student.training  # restored for the training passes
+    student.eval()  # the direction is the one of the running statistics (eval mode)
+    expected = tdiv_sdiv_perturbation(X, teacher=adapter, student=student, config=config, generator=_generator(3))
+    torch.testing.assert_close(moved, expected)
+    student.train()
+    in_train_mode = tdiv_sdiv_perturbation(X, teacher=adapter, student=student, config=config, generator=_generator(3))
+    assert not torch.allclose(in_train_mode, expected)
+
+
+class _RescaledTeacher:
+    """``adapter`` seen through inputs measured in other units: x_scaled = x * scale."""
+
+    def __init__(self, adapter, scale):
+        self.adapter, self.scale = adapter, scale
+        self.n_members, self.n_classes = adapter.n_members, adapter.n_classes
+
+    def member_logit(self, X, member):
+        return self.adapter.member_logit(X / self.scale, member)
+
+
+@pytest.mark.parametrize("perturbation", [ods_perturbation, confods_perturbation, gaussian_perturbation])
+def test_per_feature_steps_do_not_depend_on_the_units_of_each_feature(adapter, digits_small, perturbation):
+    X = torch.as_tensor(digits_small[0][:32], dtype=torch.float64)
+    units = torch.logspace(-3, 3, 64, dtype=torch.float64)[torch.randperm(64, generator=_generator(1))]
+    plain = PerturbationConfig(step_size=0.1, scale=torch.ones(64, dtype=torch.float64))
+    scaled = PerturbationConfig(step_size=0.1, scale=units)
+    adapter64 = _RescaledTeacher(_Float64(adapter), torch.ones(64, dtype=torch.float64))
+    moved = perturbation(X, teacher=adapter64, student=None, config=plain, generator=_generator(2))
+    moved_in_units = perturbation(
+        X * units,
+        teacher=_RescaledTeacher(_Float64(adapter), units),
+        student=None,
+        config=scaled,
+        generator=_generator(2),
+    )
+    torch.testing.assert_close(moved_in_units, moved * units)
+    if perturbation is not confods_perturbation:  # unclipped steps of 0.1 * sqrt(64) standardised units
+        delta = ((moved - X) / plain.scale).norm(dim=1)
+        torch.testing.assert_close(delta, torch.full((32,), 0.1 * 8.0, dtype=torch.float64))
+
+
+class _Float64:
+    def __init__(self, adapter):
+        self.adapter, self.n_members, self.n_classes = adapter, adapter.n_members, adapter.n_classes
+
+    def member_logit(self, X, member):
+        return self.adapter.member_logit(X.float(), member).double()
+
+
+def test_tabular_steps_are_in_per_feature_standard_deviations(digits_small):
+    X, y = digits_small
+    X = ((X - X.mean(0)) * np.logspace(-2, 2, 64)).astype(np.float32)  # features in units 10^4 apart
+    distiller = DiverseDistiller(
+        net=_net(epochs=2), n_teachers=2, student="single", validation_fraction=0.0, random_state=0
+    ).fit(X, y)
+    np.testing.assert_allclose(distiller.input_scale_.numpy(), X.std(0), rtol=1e-4, atol=1e-9)
+    assert (distiller.alpha_, distiller.temperature_, distiller._step_size()) == (0.9, 1.0, 0.1)
+    assert distiller.validation_scores_ == {}  # nothing held out, nothing to check
+    conv = make_net(ConvNet, max_epochs=1, batch_size=32, module__width=4, module__depth=2)
+    images = DiverseDistiller(
+        net=conv, n_teachers=2, student="single", input_shape=(1, 8, 8), check_benefit=False, random_state=0
+    ).fit(*digits_small)
+    assert images.input_scale_ is None and images._step_size() == pytest.approx(1 / 255)
+
+
+def test_tdiv_sdiv_defaults_are_the_official_alpha_and_temperature(digits_small):
+    distiller = DiverseDistiller(
+        net=_net(epochs=1), n_teachers=2, perturbation="tdiv_sdiv", check_benefit=False, random_state=0
+    ).fit(*digits_small)
+    assert (distiller.alpha_, distiller.temperature_) == (1.0, 4.0)
+
+
+def test_no_benefit_warning_when_the_perturbation_does_not_beat_kd(digits_small):
+    # alpha=1 and huge Gaussian steps: the student only ever matches the teacher far from the data
+    distiller = DiverseDistiller(
+        net=_net(epochs=10),
+        n_teachers=2,
+        student="single",
+        perturbation="gaussian",
+        alpha=1.0,
+        step_size=30.0,
+        validation_fraction=0.3,
+        random_state=0,
+    )
+    with pytest.warns(NoBenefitWarning, match="did not beat the KD student"):
+        distiller.fit(*digits_small)
+    scores = distiller.validation_scores_
+    assert set(scores) == {"teacher", "student", "kd_student"}
+    assert scores["student"]["nll"] > scores["kd_student"]["nll"] + 0.1
+    assert set(scores["teacher"]) == {"accuracy", "nll", "ece"}
+    assert 0 < distiller.benefit_margin_ < 0.5  # one paired standard error of the per-sample NLL difference
+    # 'select' (the default): the KD student predicts, the same network a perturbation=None fit trains
+    assert distiller.selected_ == "kd_student"
+    X, y = digits_small
+    kd = DiverseDistiller(
+        teacher=FrozenEstimator(distiller.teacher_),
+        net=_net(epochs=10),
+        student="single",
+        perturbation=None,
+        alpha=1.0,
+        validation_fraction=0.3,
+        random_state=0,
+    ).fit(X, y)
+    np.testing.assert_allclose(distiller.predict_proba(X), kd.predict_proba(X), rtol=1e-5, atol=1e-6)
+    assert distiller.distill_gap_["nll"] == pytest.approx(kd.distill_gap_["nll"], abs=1e-6)
+    warned = clone(distiller).set_params(check_benefit="warn")
+    with pytest.warns(NoBenefitWarning):
+        warned.fit(X, y)
+    assert warned.selected_ == "student" and warned.kd_student_ is not None
+
+
+def test_check_benefit_false_skips_the_kd_baseline(digits_small):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoBenefitWarning)
+        distiller = DiverseDistiller(
+            net=_net(epochs=2),
+            n_teachers=2,
+            student="single",
+            perturbation="gaussian",
+            alpha=1.0,
+            step_size=30.0,
+            check_benefit=False,
+            random_state=0,
+        ).fit(*digits_small)
+    assert set(distiller.validation_scores_) == {"teacher", "student"}

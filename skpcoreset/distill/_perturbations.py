@@ -4,6 +4,10 @@ Pure torch, tensors in and out. Every perturbation maps a batch ``X`` of shape
 ``(B, *input_shape)`` to ``X'`` of the same shape: ``n_steps`` steps, each of L2 size
 ``step_size * sqrt(D)`` (``D`` = values per sample) along a direction, or of L-infinity size
 ``step_size`` along its sign (the ODI variant), clipped to ``[lower, upper]`` after every step.
+With a ``scale`` (one value per input coordinate, e.g. each feature's standard deviation) the
+steps are taken in the normalised coordinates ``z = x / scale``: the gradient is taken with
+respect to ``z`` and the step is mapped back, so a feature measured in thousands moves as far,
+in its own units, as one measured in thousandths.
 
 - ``'gaussian'``: isotropic Gaussian noise of the same size (the baseline that should not help);
 - ``'ods'``: output-diversified sampling (Tashiro et al., 2020) -- ascend ``sum_c w_c p_c`` of
@@ -52,18 +56,23 @@ class PerturbationConfig:
         'l2' normalises the direction; 'linf' takes its sign (ODI).
     n_steps : int
         Number of steps; gradient directions are recomputed at each step.
-    lower, upper : float
-        The data range; perturbed inputs are clipped to it.
+    lower, upper : float or tensor
+        The data range (one value, or one per input coordinate); perturbed inputs are clipped
+        to it.
     temperature : float
         Softmax temperature of the probabilities the gradient perturbations differentiate.
+    scale : tensor or None
+        Per-coordinate scale of the inputs (shape of one sample): steps are taken in
+        ``x / scale`` coordinates. None: the raw inputs.
     """
 
     step_size: float
     norm: str = "l2"
     n_steps: int = 1
-    lower: float = -math.inf
-    upper: float = math.inf
+    lower: float | torch.Tensor = -math.inf
+    upper: float | torch.Tensor = math.inf
     temperature: float = 1.0
+    scale: torch.Tensor | None = None
 
 
 def scaled_step(direction: torch.Tensor, step_size: float, norm: str) -> torch.Tensor:
@@ -75,19 +84,40 @@ def scaled_step(direction: torch.Tensor, step_size: float, norm: str) -> torch.T
     return (flat * (step_size * math.sqrt(flat.shape[1])) / length).view_as(direction)
 
 
+def _clip(X: torch.Tensor, lower, upper) -> torch.Tensor:
+    if isinstance(lower, torch.Tensor) or isinstance(upper, torch.Tensor):
+        lower = torch.as_tensor(lower, dtype=X.dtype, device=X.device)
+        upper = torch.as_tensor(upper, dtype=X.dtype, device=X.device)
+        return torch.maximum(torch.minimum(X, upper), lower)
+    return X.clamp(lower, upper)
+
+
 def _walk(
     X: torch.Tensor,
     direction: Callable[[torch.Tensor], torch.Tensor],
     config: PerturbationConfig,
-    scale: torch.Tensor | None = None,
+    shrink: torch.Tensor | None = None,
+    *,
+    gradient: bool = True,
 ) -> torch.Tensor:
-    """``n_steps`` clipped steps from ``X``; ``scale`` (B,) shrinks each sample's steps."""
+    """``n_steps`` clipped steps from ``X``; ``shrink`` (B,) shrinks each sample's steps.
+
+    ``direction`` returns an input gradient (``gradient=True``: with a ``config.scale`` it is
+    turned into the gradient in normalised coordinates, ``scale * grad``) or a direction
+    already in normalised coordinates (noise).
+    """
     perturbed = X.detach()
+    scale = config.scale
     for _ in range(config.n_steps):
-        step = scaled_step(direction(perturbed), config.step_size, config.norm)
+        move = direction(perturbed)
+        if scale is not None and gradient:
+            move = move * scale
+        step = scaled_step(move, config.step_size, config.norm)
         if scale is not None:
-            step = step * scale.view(-1, *([1] * (X.dim() - 1)))
-        perturbed = (perturbed + step).clamp(config.lower, config.upper).detach()
+            step = step * scale
+        if shrink is not None:
+            step = step * shrink.view(-1, *([1] * (X.dim() - 1)))
+        perturbed = _clip(perturbed + step, config.lower, config.upper).detach()
     return perturbed
 
 
@@ -109,7 +139,7 @@ def gaussian_perturbation(X, *, teacher, student, config: PerturbationConfig, ge
     def noise(x):
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
-    return _walk(X, noise, config)
+    return _walk(X, noise, config, gradient=False)
 
 
 def _ods_direction(teacher, X: torch.Tensor, config: PerturbationConfig, generator, member: int | None = None):
@@ -135,7 +165,7 @@ def confods_perturbation(X, *, teacher, student, config: PerturbationConfig, gen
     member = _random_int(teacher.n_members, generator)
     with torch.no_grad():
         confidence = (teacher.member_logit(X, member) / config.temperature).softmax(-1).amax(-1)
-    return _walk(X, _ods_direction(teacher, X, config, generator, member), config, scale=confidence)
+    return _walk(X, _ods_direction(teacher, X, config, generator, member), config, shrink=confidence)
 
 
 def _soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor, temperature: float):
@@ -155,9 +185,7 @@ def tdiv_sdiv_perturbation(X, *, teacher, student, config: PerturbationConfig, g
 
     def objective(x):
         student_logits = student(x)
-        teacher_div = _soft_cross_entropy(
-            teacher.member_logit(x, first), teacher.member_logit(x, second), temperature
-        )
+        teacher_div = _soft_cross_entropy(teacher.member_logit(x, first), teacher.member_logit(x, second), temperature)
         student_div = _soft_cross_entropy(student_logits[first], student_logits[second], temperature)
         return teacher_div - student_div
 

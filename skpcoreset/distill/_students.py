@@ -14,6 +14,7 @@ from torch import nn
 
 from .._base import torch_seed
 from .._skorch import build_member_nets
+from .._train import user_callbacks
 from ..nets._batchensemble import BatchEnsembleNet
 
 __all__ = [
@@ -29,24 +30,40 @@ STUDENT_KINDS = ("single", "batchensemble", "latentbe")
 _FACTOR_INIT = {"batchensemble": "batchensemble", "latentbe": "latent"}
 
 
-def build_student(kind: str, template, *, input_shape, n_classes: int, n_members: int, seed: int, device):
-    """An initialised student module on ``device``.
+def build_student(
+    kind: str,
+    template,
+    *,
+    input_shape,
+    n_classes: int,
+    n_members: int,
+    seed: int,
+    device,
+    return_callbacks: bool = False,
+):
+    """An initialised student module on ``device`` (and, with ``return_callbacks``, the template's callbacks).
 
-    ``template`` (None, an nn.Module class or a skorch net) gives the architecture; BatchEnsemble
-    students wrap it into ``n_members`` members sharing its weights.
+    ``template`` (None, an nn.Module class or a skorch net) gives the architecture and the
+    training regime; BatchEnsemble students wrap it into ``n_members`` members sharing its
+    weights. The callbacks are the template's own, initialised (e.g. the warm-up + cosine
+    ``LRScheduler`` of the 'member' preset), for the student's training loop to run.
     """
-    (net,) = build_member_nets(
-        template, input_shape=input_shape, n_classes=n_classes, seeds=[seed], device=device
-    )
+    (net,) = build_member_nets(template, input_shape=input_shape, n_classes=n_classes, seeds=[seed], device=device)
+    callbacks = user_callbacks(net)
+    module = _student_module(kind, net.module_, n_members, seed, device)
+    return (module, callbacks) if return_callbacks else module
+
+
+def _student_module(kind: str, base: nn.Module, n_members: int, seed: int, device) -> nn.Module:
     if kind == "single":
-        return net.module_
+        return base
     if n_members < 2:
         raise ValueError(
             f"student={kind!r} matches teacher members one to one and needs a teacher with at "
             f"least 2 members; this teacher has {n_members}. Use student='single'."
         )
     with torch_seed(seed, device):  # the N(1, 0.5) factor draw, reproducible and local
-        return BatchEnsembleNet(net.module_, n_members, init=_FACTOR_INIT[kind]).to(device)
+        return BatchEnsembleNet(base, n_members, init=_FACTOR_INIT[kind]).to(device)
 
 
 def student_member_logits(student: nn.Module, X: torch.Tensor) -> torch.Tensor:
