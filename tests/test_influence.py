@@ -246,19 +246,57 @@ def test_contamination_flags_that_fraction(small_fit):
     flags = est.fit_predict(X, y_noisy)
     assert (flags == -1).sum() == 30
     np.testing.assert_array_equal(est.predict(X, y_noisy), flags)
-    assert set(np.unique(est.predict(X))) <= {-1, 1}
+    np.testing.assert_array_equal(est.predict(X), flags)
 
 
-def test_prune_drops_the_least_influential(small_fit):
+def test_label_free_predict_scores_the_training_set_with_its_training_labels(small_fit):
+    """Issue 18: predict(X) after fit(X, y_noisy) scored each row against theta*'s own label."""
+    est, X, y_noisy, flipped = small_fit
+    flags = np.where(est.self_influence_ > est.threshold_, -1, 1)
+    assert (flags == -1).any()
+    np.testing.assert_array_equal(est.predict(X), flags)
+    np.testing.assert_array_equal(est.predict(X.copy()), est.predict(X, y_noisy))  # equality, not identity
+    np.testing.assert_allclose(est.score_samples(X), -est.self_influence_, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(est.decision_function(X), est.decision_function(X, y_noisy))
+
+
+@pytest.mark.parametrize("rows", [slice(0, 50), slice(None, None, -1)])
+def test_label_free_predict_on_other_rows_asks_for_y(small_fit, rows):
+    est, X, y_noisy, _ = small_fit
+    for method in (est.predict, est.score_samples, est.decision_function):
+        with pytest.raises(ValueError, match="pass their labels"):
+            method(X[rows])
+    assert est.predict(X[rows], y_noisy[rows]).shape == (len(y_noisy[rows]),)
+
+
+def test_prune_least_influential_drops_the_smallest_scores(small_fit):
     est = small_fit[0]
-    kept = est.prune(0.25)
+    kept = est.prune_least_influential(0.25)
     n = len(est.self_influence_)
     assert len(kept) == n - 75 and np.all(np.diff(kept) > 0)
     dropped = np.setdiff1d(np.arange(n), kept)
     assert est.self_influence_[dropped].max() <= est.self_influence_[kept].min()
-    np.testing.assert_array_equal(est.prune(0.0), np.arange(n))
+    np.testing.assert_array_equal(est.prune_least_influential(0.0), np.arange(n))
     with pytest.raises(ValueError, match="fraction"):
-        est.prune(1.0)
+        est.prune_least_influential(1.0)
+    with pytest.warns(FutureWarning, match="drop_flagged"):
+        np.testing.assert_array_equal(est.prune(0.25), kept)
+
+
+def test_drop_flagged_cleans_the_data_set(small_fit):
+    """Issue 18: prune(0.1) after mislabel detection raised the flipped share among kept rows."""
+    est, _, _, flipped = small_fit
+    n = len(est.self_influence_)
+    kept = est.drop_flagged()
+    np.testing.assert_array_equal(kept, np.flatnonzero(est.self_influence_ <= est.threshold_))
+    assert 0 < len(kept) < n and flipped[kept].mean() < 0.5 * flipped.mean()
+    kept_10 = est.drop_flagged(0.1)
+    assert len(kept_10) == n - 30 and np.all(np.diff(kept_10) > 0)
+    dropped = np.setdiff1d(np.arange(n), kept_10)
+    assert est.self_influence_[dropped].min() >= est.self_influence_[kept_10].max()
+    assert flipped[kept_10].mean() < flipped.mean() < flipped[est.prune_least_influential(0.1)].mean()
+    with pytest.raises(ValueError, match="fraction"):
+        est.drop_flagged(-0.1)
 
 
 def test_unknown_labels_and_missing_test_labels_raise(small_fit):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -109,6 +111,9 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         averaged) for 'gex', by theta* otherwise. :meth:`relabel` uses it.
     train_labels_ : ndarray of shape (n_samples,)
         The training labels as given.
+    train_fingerprint_ : str
+        SHA-1 of the training inputs (as validated ``float32``): ``predict(X)`` without ``y``
+        recognises the training set by it and scores it with ``train_labels_``.
     threshold_ : float
         Self-influence above which a sample is flagged.
     offset_ : float
@@ -152,6 +157,12 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
     >>> gex = GeometricEnsembleInfluence(make_net(max_epochs=20, lr=1e-2), random_state=0)
     >>> flagged = gex.fit_predict(X / 16, y_noisy) == -1
     >>> bool(flipped[flagged].mean() > 0.5)
+    True
+
+    Cleaning the data set keeps the rows that are not flagged:
+
+    >>> kept = gex.drop_flagged()
+    >>> bool(flipped[kept].mean() < flipped.mean())
     True
     """
 
@@ -238,6 +249,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         self.training_strategy_ = getattr(scorer, "strategy", None)
         self._record_training_scores(scorer, X_t, y_t)
         self.train_labels_ = np.asarray(column_or_1d(y)).copy()
+        self.train_fingerprint_ = _fingerprint(X)
         self.threshold_ = self._threshold(self.self_influence_)
         self.offset_ = -self.threshold_
         return self
@@ -315,12 +327,22 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
 
     # -- scoring ------------------------------------------------------------------------------
     def _tensors(self, X, y):
-        """Validated tensors of ``X`` and of ``y`` encoded with ``classes_`` (theta*'s labels if None)."""
+        """Validated tensors of ``X`` and of ``y`` encoded with ``classes_``.
+
+        ``y=None`` is accepted for the training set only (its rows equal, in the same order,
+        to the ``X`` given to ``fit``): its labels are then the training labels.
+        """
         check_is_fitted(self)
-        X_t = self._to_tensor(self._validate_X(X, reset=False))
+        X_valid = self._validate_X(X, reset=False)
         if y is None:
-            with torch.no_grad():
-                return X_t, torch.cat([self.module_(X_t[i : i + 1024]).argmax(1) for i in range(0, len(X_t), 1024)])
+            if _fingerprint(X_valid) != self.train_fingerprint_:
+                raise ValueError(
+                    "Self-influence scores (x, y) pairs, and these rows are not the training set "
+                    "given to fit: pass their labels, e.g. predict(X, y). Without y only the "
+                    "training set is scored (with the labels fit saw)."
+                )
+            y = self.train_labels_
+        X_t = self._to_tensor(X_valid)
         y = np.asarray(column_or_1d(y))
         if len(y) != len(X_t):
             raise ValueError(f"X and y have inconsistent numbers of samples: {len(X_t)} and {len(y)}.")
@@ -336,8 +358,10 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, *input_shape)
         y : array-like of shape (n_samples,) or None
-            Labels of ``X``. None scores each sample with the label theta* predicts, which
-            measures how unstable that prediction is across the ensemble.
+            Labels of ``X``. None is allowed only for the training set itself (``X`` equal, row
+            for row, to the ``X`` given to ``fit``, detected by a fingerprint of its values):
+            its rows are scored with the training labels. Any other ``X`` without ``y``
+            raises ValueError.
 
         Returns
         -------
@@ -347,11 +371,18 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         return -_numpy(self.scorer_.self_influence(X_t, y_t))
 
     def decision_function(self, X, y=None) -> np.ndarray:
-        """``score_samples(X, y) - offset_``: negative for samples flagged as likely mislabeled."""
+        """``score_samples(X, y) - offset_``: negative for samples flagged as likely mislabeled.
+
+        ``y`` may be omitted for the training set only (see :meth:`score_samples`).
+        """
         return self.score_samples(X, y) - self.offset_
 
     def predict(self, X, y=None) -> np.ndarray:
-        """-1 for likely mislabeled samples of ``(X, y)``, +1 otherwise."""
+        """-1 for likely mislabeled samples of ``(X, y)``, +1 otherwise.
+
+        ``predict(X_train)`` flags the training set with the labels ``fit`` saw (the same as
+        ``fit_predict``); any other ``X`` needs its labels ``y`` (see :meth:`score_samples`).
+        """
         return np.where(self.decision_function(X, y) < 0, -1, 1)
 
     def fit_predict(self, X, y=None, **kwargs) -> np.ndarray:
@@ -380,8 +411,49 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         return _numpy(self.scorer_.train_test(X_t, y_t))
 
     # -- applications -------------------------------------------------------------------------
-    def prune(self, fraction: float) -> np.ndarray:
-        """Indices of the training samples kept after dropping the least influential ``fraction``.
+    def drop_flagged(self, fraction: float | None = None) -> np.ndarray:
+        """Indices of the training samples kept after dropping the likely mislabeled ones (cleaning).
+
+        Parameters
+        ----------
+        fraction : float in [0, 1) or None, default=None
+            None drops the samples ``fit_predict`` flags (self-influence above ``threshold_``);
+            a number drops that fraction of the training set with the *largest* self-influence.
+
+        Returns
+        -------
+        ndarray of int, sorted
+
+        See Also
+        --------
+        prune_least_influential : the data-pruning intent, which drops the *smallest* scores.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import load_digits
+        >>> from skpcoreset import make_net
+        >>> from skpcoreset.datasets import add_label_noise
+        >>> from skpcoreset.posthoc.influence import GeometricEnsembleInfluence
+        >>> X, y = load_digits(return_X_y=True)
+        >>> y_noisy, flipped = add_label_noise(y, 0.1, random_state=0)
+        >>> gex = GeometricEnsembleInfluence(make_net(max_epochs=20, lr=1e-2), random_state=0)
+        >>> kept = gex.fit(X / 16, y_noisy).drop_flagged()
+        >>> bool(flipped[kept].mean() < flipped.mean())  # fewer flipped labels among the kept rows
+        True
+        """
+        check_is_fitted(self)
+        if fraction is None:
+            return np.flatnonzero(self.self_influence_ <= self.threshold_)
+        order = np.argsort(-self.self_influence_, kind="stable")  # most influential first
+        return np.sort(order[self._n_dropped(fraction) :])
+
+    def prune_least_influential(self, fraction: float) -> np.ndarray:
+        """Indices of the training samples kept after dropping the least influential ``fraction`` (data pruning).
+
+        Dataset pruning in the GEX paper's sense: the samples with the smallest self-influence
+        are the most redundant, and a model trained on the rest loses least. On noisy labels
+        this keeps the mislabeled samples (they are the most influential); to clean a data set
+        use :meth:`drop_flagged`.
 
         Parameters
         ----------
@@ -392,11 +464,28 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         ndarray of int, sorted
         """
         check_is_fitted(self)
+        order = np.argsort(self.self_influence_, kind="stable")  # least influential first
+        return np.sort(order[self._n_dropped(fraction) :])
+
+    def prune(self, fraction: float) -> np.ndarray:
+        """Deprecated: use :meth:`prune_least_influential` (data pruning) or :meth:`drop_flagged` (cleaning).
+
+        The name did not say which samples go: it drops the *least* influential ones, which
+        after mislabel detection keeps exactly the flipped labels (issue 18).
+        """
+        warnings.warn(
+            "GeometricEnsembleInfluence.prune is deprecated: it drops the LEAST influential samples "
+            "(data pruning), which keeps mislabeled ones. Use prune_least_influential(fraction) for "
+            "data pruning or drop_flagged() to remove likely mislabeled samples.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.prune_least_influential(fraction)
+
+    def _n_dropped(self, fraction) -> int:
         if not isinstance(fraction, Real) or not 0.0 <= fraction < 1.0:
             raise ValueError(f"fraction must be a number in [0, 1); got {fraction!r}.")
-        n_drop = int(round(fraction * len(self.self_influence_)))
-        order = np.argsort(self.self_influence_, kind="stable")
-        return np.sort(order[n_drop:])
+        return int(round(fraction * len(self.self_influence_)))
 
     def relabel(self) -> np.ndarray:
         """Training labels with every flagged sample set to ``predicted_labels_``.
@@ -408,6 +497,12 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         check_is_fitted(self)
         flagged = self.self_influence_ > self.threshold_
         return np.where(flagged, self.predicted_labels_, self.train_labels_)
+
+
+def _fingerprint(X: np.ndarray) -> str:
+    """SHA-1 of the validated ``float32`` rows (and their shape): recognises the training set."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    return hashlib.sha1(repr(X.shape).encode() + X.tobytes()).hexdigest()
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
