@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from skpcoreset import make_net
 from skpcoreset._base import make_generator
 from skpcoreset._train import TrainSpec
 from skpcoreset.datasets import add_label_noise
+from skpcoreset.exceptions import NoBenefitWarning
 from skpcoreset.nets._batchnorm import recompute_batchnorm
 from skpcoreset.posthoc.influence import GeometricEnsembleInfluence
 from skpcoreset.posthoc.influence._baselines import (
@@ -214,7 +216,9 @@ def test_train_test_influence_of_training_set_has_self_influence_on_its_diagonal
     est, X, y_noisy, _ = small_fit
     influence = est.influence(X[:20], y_noisy[:20])
     assert influence.shape == (20, len(X))
-    np.testing.assert_allclose(np.diag(influence[:, :20]), est.self_influence_[:20], rtol=1e-5, atol=1e-9)
+    # the default estimate ranks by the leave-one-out loss l(z; theta*) + I(z); the diagonal is I(z)
+    loo_loss = np.diag(influence[:, :20]) + est.base_losses_[:20]
+    np.testing.assert_allclose(loo_loss, est.self_influence_[:20], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(-est.score_samples(X, y_noisy), est.self_influence_, rtol=1e-6)
 
 
@@ -401,3 +405,51 @@ def test_fitted_skpcoreset_ensemble_lends_its_first_member(digits_small):
     est = GeometricEnsembleInfluence(FrozenEstimator(ensemble), method="loss").fit(X, y)
     proba = ensemble.member_proba(X)[0]
     np.testing.assert_allclose(est.base_losses_, -np.log(proba[np.arange(len(y)), y]), rtol=1e-4, atol=1e-6)
+
+
+# -- issue 16: the regime GEX's ranking assumes -----------------------------------------------
+@pytest.fixture(scope="module")
+def noisy_table():
+    """Standardised binary table, 10% flipped labels: the panel's noisy_tabular in small."""
+    from sklearn.datasets import make_classification
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = make_classification(600, n_features=20, n_informative=8, class_sep=1.0, random_state=0)
+    X = StandardScaler().fit_transform(X).astype(np.float32)
+    y_noisy, flipped = add_label_noise(y, 0.1, random_state=0)
+    return X, y_noisy, flipped
+
+
+@pytest.mark.parametrize("epochs", [2, 150])
+def test_loo_loss_ranks_flips_in_both_regimes(noisy_table, epochs):
+    """theta* that underfits (2 epochs) or memorises (150): the default estimate l* + I(z) ranks
+    the flips at least as well as the loss at theta* and as the paper's I(z) alone."""
+    X, y_noisy, flipped = noisy_table
+    net = make_net(max_epochs=epochs, lr=1e-2, batch_size=64, module__hidden_sizes=(64,))
+    loss = GeometricEnsembleInfluence(net, method="loss", random_state=0).fit(X, y_noisy)
+    theta_star = FrozenEstimator(loss.net_)
+    default = GeometricEnsembleInfluence(theta_star, random_state=0).fit(X, y_noisy)
+    paper = GeometricEnsembleInfluence(theta_star, estimate="self_influence", random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        paper.fit(X, y_noisy)
+    auc = {
+        name: roc_auc_score(flipped, est.self_influence_)
+        for name, est in {"loss": loss, "loo_loss": default, "self_influence": paper}.items()
+    }
+    np.testing.assert_allclose(default.self_influence_, paper.self_influence_ + default.base_losses_, rtol=1e-5)
+    assert auc["loo_loss"] >= max(auc["loss"], auc["self_influence"]) - 0.01, auc
+    fits = default.theta_train_accuracy_
+    warned = any(issubclass(w.category, NoBenefitWarning) for w in caught)
+    if epochs == 2:  # underfit: the flips keep a high loss, the paper's I(z) alone falls behind
+        assert fits < 0.95 and warned and auc["loss"] > auc["self_influence"], (fits, auc)
+    else:  # memorised: the loss at theta* no longer separates the flips, GEX does
+        assert fits > 0.99 and not warned and auc["loo_loss"] > auc["loss"] + 0.02, (fits, auc)
+
+
+def test_auto_member_epochs_are_sized_to_the_data(digits_small):
+    X, y = digits_small
+    est = GeometricEnsembleInfluence(_small_net(max_epochs=2), n_members=1, jitter=0.2, random_state=0).fit(X, y)
+    assert est.member_epochs_ == 20  # 300 rows / batch 64 -> 5 steps per epoch -> 100 steps
+    small = GeometricEnsembleInfluence(_small_net(max_epochs=2), n_members=1, jitter=0.2, random_state=0)
+    assert small.fit(X[:40], y[:40]).member_epochs_ == 100  # one step per epoch: capped at 100 epochs

@@ -15,11 +15,15 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ..._base import TorchEstimatorMixin, make_generator, seed_from_random_state
 from ..._skorch import as_template, build_member_nets, fitted_module, train_spec_from_net
+from ...exceptions import NoBenefitWarning
 from ._baselines import CheckpointTrainer
 from ._scorers import SCORERS, InfluenceScorer
 from ._threshold import otsu_threshold
 
 __all__ = ["GeometricEnsembleInfluence"]
+
+# Training accuracy of theta* from which it counts as having memorised its labels.
+MEMORISED = 0.99
 
 
 class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimator):
@@ -37,6 +41,18 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
     with the same deviations. Mislabeled samples that theta* memorised have a small loss at
     theta* but a large one at the members, so they get a large self-influence. No per-sample
     gradients and no Hessian are needed.
+
+    By default (``estimate='loo_loss'``) a sample is ranked by its estimated leave-one-out
+    loss ``l(z; theta*) + I(z)``: the influence function ``I(z) = g^T H^-1 g`` is the first-order
+    rise of z's own loss when z is left out of training, and GEX's ``I(z)`` is its
+    geometric-ensemble estimate (the variance of z's loss under a posterior around theta*,
+    Kim et al. 2023, Sec. 3). Where theta* memorises its labels (the paper's setting) the loss
+    at theta* is near 0 for every sample and the ranking is GEX's; where theta* does not fit a
+    mislabeled sample its loss is high at theta* and at every member, its deviation is small,
+    and the paper's ``I(z)`` alone under-ranks it while the leave-one-out loss does not.
+    ``estimate='self_influence'`` ranks by ``I(z)`` alone, as in the paper, and warns
+    (:class:`~skpcoreset.exceptions.NoBenefitWarning`) when theta* fits fewer than 99% of its
+    training labels, the regime in which the loss at theta* ranks better.
 
     The baselines run through the same estimator and the same trained theta*:
     ``'loss'`` (the loss at theta*), ``'grad_norm'`` (``||g_z||^2``, the bilinear influence with
@@ -60,9 +76,12 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         The influence score.
     n_members : int, default=8
         Size M of the geometric ensemble (the paper uses 32; 8 in its README example).
-    member_epochs : int, default=4
-        Epochs of training per member. The paper's 800 steps are about 2 CIFAR-10 epochs.
-    member_lr : float, default=0.2
+    member_epochs : int or 'auto', default='auto'
+        Epochs of training per member. 'auto' sizes them to the data: about 100 optimiser
+        steps per member (between 1 and 100 epochs), so a 150-row table and a 50,000-image set
+        both move their members by a comparable amount. The paper's 800 steps per member are
+        about 2 CIFAR-10 epochs.
+    member_lr : float, default=0.1
         Initial learning rate of each member's cosine cycle (SGD, momentum 0.9).
     jitter : 'auto' or float, default='auto'
         Standard deviation of the Gaussian noise added to the inputs while members train, in
@@ -72,6 +91,10 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         reaches ``tau`` (each try rebuilds the ensemble from theta*).
     tau : float, default=0.05
         Loss floor of theta* in the deviations.
+    estimate : {'loo_loss', 'self_influence'}, default='loo_loss'
+        What ``method='gex'`` ranks by: the estimated leave-one-out loss ``l(z; theta*) + I(z)``
+        or the paper's self-influence ``I(z)`` alone (see above). Train-test influence is the
+        same for both. Other methods ignore it.
     continuation : {'chain', 'fan'}, default='chain'
         'chain': each member continues from the previous one (FGE, as in the paper). 'fan':
         every member starts from theta*; buffer-free dense networks then train all members at
@@ -96,7 +119,10 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
     ----------
     self_influence_ : ndarray of shape (n_samples,)
         The ``method``'s score of every training sample (larger: more influential, more likely
-        mislabeled).
+        mislabeled); for 'gex' the chosen ``estimate``.
+    theta_train_accuracy_ : float
+        Accuracy of theta* on the training labels: near 1 where it memorised them (GEX's
+        regime), lower where mislabeled samples keep a high loss at theta*.
     base_losses_ : ndarray of shape (n_samples,)
         Loss of every training sample at theta*.
     member_losses_ : ndarray of shape (n_members, n_samples)
@@ -104,6 +130,8 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
     median_loss_shift_ : float
         Median of ``|member_losses_ - base_losses_|`` (``method='gex'`` only); below ``tau`` the
         members barely moved and a warning is raised.
+    member_epochs_ : int
+        Epochs each member trained (``method='gex'`` only; sized to the data when 'auto').
     jitter_ : float
         The input noise the members were trained with (``method='gex'`` only).
     predicted_labels_ : ndarray of shape (n_samples,)
@@ -170,10 +198,11 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         "net": "no_validation",
         "method": [StrOptions(set(SCORERS))],
         "n_members": [Interval(Integral, 1, None, closed="left")],
-        "member_epochs": [Interval(Integral, 1, None, closed="left")],
+        "member_epochs": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "member_lr": [Interval(Real, 0, None, closed="neither")],
         "jitter": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
         "tau": [Interval(Real, 0, None, closed="left")],
+        "estimate": [StrOptions({"loo_loss", "self_influence"})],
         "continuation": [StrOptions({"chain", "fan"})],
         "n_jobs": [None, Integral],
         "n_checkpoints": [Interval(Integral, 1, None, closed="left")],
@@ -189,10 +218,11 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         net=None,
         method="gex",
         n_members=8,
-        member_epochs=4,
-        member_lr=0.2,
+        member_epochs="auto",
+        member_lr=0.1,
         jitter="auto",
         tau=0.05,
+        estimate="loo_loss",
         continuation="chain",
         n_jobs=None,
         n_checkpoints=5,
@@ -209,6 +239,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         self.member_lr = member_lr
         self.jitter = jitter
         self.tau = tau
+        self.estimate = estimate
         self.continuation = continuation
         self.n_jobs = n_jobs
         self.n_checkpoints = n_checkpoints
@@ -299,6 +330,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
             "member_lr": self.member_lr,
             "jitter": self.jitter,
             "tau": self.tau,
+            "estimate": self.estimate,
             "continuation": self.continuation,
             "n_jobs": self.n_jobs,
             "batch_size": as_template(self.net).batch_size if self.net_ is not None else 128,
@@ -312,10 +344,23 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         self.self_influence_ = _numpy(self_influence)
         self.base_losses_ = _numpy(scorer.base_losses(X, y))
         self.predicted_labels_ = self.classes_[_numpy(predicted).astype(np.int64)]
+        with torch.no_grad():
+            fitted = torch.cat([self.module_(X[i : i + 1024]).argmax(1) for i in range(0, len(X), 1024)])
+        self.theta_train_accuracy_ = float((fitted == y).double().mean())
+        if self.method == "gex" and self.estimate == "self_influence" and self.theta_train_accuracy_ < MEMORISED:
+            warnings.warn(
+                f"GeometricEnsembleInfluence: theta* fits only {self.theta_train_accuracy_:.1%} of its "
+                "training labels, so mislabeled samples it does not fit keep a high loss at theta* and "
+                "at every member and their self-influence is small: the loss at theta* (method='loss') "
+                "ranks them better here. estimate='loo_loss' (the default) adds it.",
+                NoBenefitWarning,
+                stacklevel=3,
+            )
         if self.method == "gex":
             self.member_losses_ = _numpy(scorer.member_loss)
             self.median_loss_shift_ = scorer.median_shift
             self.jitter_ = scorer.jitter
+            self.member_epochs_ = scorer.member_epochs
 
     def _threshold(self, scores: np.ndarray) -> float:
         if self.contamination == "otsu":
