@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import warnings
 from numbers import Integral, Real
@@ -14,8 +13,9 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ..._base import TorchEstimatorMixin, make_generator, seed_from_random_state
-from ..._skorch import as_template, build_member_nets, fitted_module, train_spec_from_net
+from ..._skorch import as_template, train_spec_from_net
 from ...exceptions import NoBenefitWarning
+from .._theta_star import fitted_or_trained, warn_if_clone_unfits
 from ._baselines import CheckpointTrainer
 from ._scorers import SCORERS, InfluenceScorer
 from ._threshold import otsu_threshold
@@ -123,6 +123,10 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
     theta_train_accuracy_ : float
         Accuracy of theta* on the training labels: near 1 where it memorised them (GEX's
         regime), lower where mislabeled samples keep a high loss at theta*.
+    theta_at_optimum_ : bool
+        False when the members, which continue training from theta*, lowered its mean
+        training loss: theta* was not converged, and the default estimate falls back to the loss
+        at theta* (with a :class:`~skpcoreset.exceptions.NoBenefitWarning`).
     base_losses_ : ndarray of shape (n_samples,)
         Loss of every training sample at theta*.
     member_losses_ : ndarray of shape (n_members, n_samples)
@@ -287,32 +291,35 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
 
     def _fit_base(self, X: torch.Tensor, y: torch.Tensor) -> list:
         """Set ``module_`` (theta*) and ``net_``; return the TracIn checkpoints (empty when prefit)."""
-        self.interrupted_ = False
-        prefit = fitted_module(self.net)
-        if prefit is not None:
-            self.net_ = None
-            self.module_ = copy.deepcopy(prefit).to(self.device_).eval()
-            self._check_outputs(X[:2])
-            return []
         init_seed, shuffle_seed = seed_from_random_state(self._seed, 2)
-        (self.net_,) = build_member_nets(
+
+        def train(net):
+            return CheckpointTrainer(
+                net.module_,
+                train_spec_from_net(self.net, n_samples=len(X)),
+                n_checkpoints=self.n_checkpoints,
+                generator=make_generator(shuffle_seed, self.device_),
+                verbose=self.verbose,
+                desc="theta*",
+            ).fit(X, y)
+
+        self.module_, self.net_, trainer = fitted_or_trained(
             self.net,
             input_shape=self.input_shape_,
             n_classes=len(self.classes_),
-            seeds=[init_seed],
+            init_seed=init_seed,
             device=self.device_,
+            train=train,
         )
-        trainer = CheckpointTrainer(
-            self.net_.module_,
-            train_spec_from_net(self.net, n_samples=len(X)),
-            n_checkpoints=self.n_checkpoints,
-            generator=make_generator(shuffle_seed, self.device_),
-            verbose=self.verbose,
-            desc="theta*",
-        ).fit(X, y)
-        self.interrupted_ = trainer.interrupted
-        self.module_ = self.net_.module_.eval()
+        self.interrupted_ = bool(trainer is not None and trainer.interrupted)
+        if trainer is None:
+            self._check_outputs(X[:2])
+            return []
         return trainer.checkpoints
+
+    def __sklearn_clone__(self):
+        warn_if_clone_unfits(self.net, type(self).__name__)
+        return super().__sklearn_clone__()
 
     @torch.no_grad()
     def _check_outputs(self, X: torch.Tensor) -> None:
@@ -347,7 +354,29 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         with torch.no_grad():
             fitted = torch.cat([self.module_(X[i : i + 1024]).argmax(1) for i in range(0, len(X), 1024)])
         self.theta_train_accuracy_ = float((fitted == y).double().mean())
-        if self.method == "gex" and self.estimate == "self_influence" and self.theta_train_accuracy_ < MEMORISED:
+        if self.method == "gex":
+            self.member_losses_ = _numpy(scorer.member_loss)
+            self.median_loss_shift_ = scorer.median_shift
+            self.jitter_ = scorer.jitter
+            self.member_epochs_ = scorer.member_epochs
+        self.theta_at_optimum_ = bool(getattr(scorer, "at_optimum", True))
+        if self.method == "gex" and not self.theta_at_optimum_:
+            ranked = (
+                "Samples are ranked by the loss at theta* instead (method='loss', which ranks better here)"
+                if self.estimate == "loo_loss"
+                else "The loss at theta* (method='loss', the default estimate's fallback) ranks better here"
+            )
+            warnings.warn(
+                "GeometricEnsembleInfluence: the geometric-ensemble members, which continue training from "
+                "theta*, lowered its mean training loss "
+                f"({self.base_losses_.mean():.3f} -> {self.member_losses_.mean():.3f}; theta* fits "
+                f"{self.theta_train_accuracy_:.1%} of its labels): theta* is not at an optimum, so the "
+                f"members' loss deviations measure training progress rather than influence. {ranked}; "
+                "train theta* to convergence for GEX's ranking.",
+                NoBenefitWarning,
+                stacklevel=3,
+            )
+        elif self.method == "gex" and self.estimate == "self_influence" and self.theta_train_accuracy_ < MEMORISED:
             warnings.warn(
                 f"GeometricEnsembleInfluence: theta* fits only {self.theta_train_accuracy_:.1%} of its "
                 "training labels, so mislabeled samples it does not fit keep a high loss at theta* and "
@@ -356,11 +385,6 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
                 NoBenefitWarning,
                 stacklevel=3,
             )
-        if self.method == "gex":
-            self.member_losses_ = _numpy(scorer.member_loss)
-            self.median_loss_shift_ = scorer.median_shift
-            self.jitter_ = scorer.jitter
-            self.member_epochs_ = scorer.member_epochs
 
     def _threshold(self, scores: np.ndarray) -> float:
         if self.contamination == "otsu":
