@@ -32,7 +32,7 @@ def conjugate_gradient(
     verbose: int = 0,
     desc: str = "conjugate gradients",
 ) -> torch.Tensor:
-    """Solve ``A X = rhs`` by conjugate gradients (``A`` symmetric positive definite).
+    """Solve ``A X = rhs`` by conjugate gradients (``A`` symmetric, positive definite for a guarantee).
 
     Parameters
     ----------
@@ -72,7 +72,9 @@ def conjugate_gradient(
         if bool((residual_norm <= target).all()):
             break
         curved = matvec(direction)
-        step = residual_norm / inner(direction, curved).clamp_min(tiny)
+        curvature = inner(direction, curved)
+        # keep the sign: the GCN influence Hessian may be indefinite, where CG still runs (as before)
+        step = residual_norm / torch.where(curvature.abs() < tiny, torch.full_like(curvature, tiny), curvature)
         solution += step * direction
         residual -= step * curved
         new_norm = inner(residual, residual)
