@@ -166,13 +166,11 @@ def pruning_run(name: str, seed: int) -> dict:
         "full": test_accuracy(net, X_train, y_train, X_test, y_test, seed),
     }
     for fraction in PRUNE_FRACTIONS:
-        kept = gex.prune(fraction)
+        kept = gex.prune_least_influential(fraction)
         random_kept = np.sort(rng.choice(len(y_train), size=len(kept), replace=False))
         label = f"{round(100 * fraction)}pct"
         record[f"gex_{label}"] = test_accuracy(net, X_train[kept], y_train[kept], X_test, y_test, seed)
-        record[f"random_{label}"] = test_accuracy(
-            net, X_train[random_kept], y_train[random_kept], X_test, y_test, seed
-        )
+        record[f"random_{label}"] = test_accuracy(net, X_train[random_kept], y_train[random_kept], X_test, y_test, seed)
     return record
 
 

@@ -213,7 +213,10 @@ def run_influence(data, seed: int, rec: Recorder) -> dict:
         self_influence[method] = rec.fit(method, baseline, X, y_noisy).self_influence_
     tracin = rec.fit("tracin", GeometricEnsembleInfluence(method="tracin", random_state=seed), X, y_noisy)
     self_influence["tracin"] = tracin.self_influence_
-    metrics = {}
+    # the paper's I(z) alone, from the same members (GEX ranks by l(z; theta*) + I(z) by default)
+    floor = np.maximum(gex.base_losses_, gex.tau)
+    self_influence["gex_paper"] = np.mean((gex.member_losses_ - floor) ** 2, axis=0)
+    metrics = {"gex_member_epochs": gex.member_epochs_, "gex_jitter": gex.jitter_}
     for method, values in self_influence.items():
         metrics[f"{method}_roc_auc"] = roc_auc_score(flipped, values)
         metrics[f"{method}_ap"] = average_precision_score(flipped, values)

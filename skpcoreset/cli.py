@@ -165,7 +165,7 @@ def cmd_influence(args) -> int:
     model = GeometricEnsembleInfluence(
         method=args.method, n_members=args.n_members, device=args.device, random_state=args.seed, verbose=args.verbose
     ).fit(data.X_train, data.y_train)
-    flagged = model.predict(data.X_train) == -1
+    flagged = model.predict(data.X_train, data.y_train) == -1
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as handle:

@@ -65,6 +65,11 @@ def test_influence_writes_scores(tiny_npz, tmp_path):
     assert main(args) == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 400 and set(rows[0]) == {"index", "label", "self_influence", "flagged"}
+    # issue 18: the flags are the training rows' own (their labels), the largest self-influences
+    flagged = np.array([int(r["flagged"]) for r in rows], dtype=bool)
+    scores = np.array([float(r["self_influence"]) for r in rows])
+    assert 0 < flagged.sum() < 400
+    assert scores[flagged].min() > scores[~flagged].max()
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):

@@ -18,10 +18,11 @@ from torch import nn
 
 from skpcoreset import make_net
 from skpcoreset._base import make_generator
+from skpcoreset._linalg import conjugate_gradient
 from skpcoreset._train import Trainer, TrainSpec
 from skpcoreset.nets import MLP, CIFARResNet, ConvNet, StagedNet
 from skpcoreset.posthoc.laplace import ConnectivityLaplaceClassifier, connectivity_sharpness, rescale_layers
-from skpcoreset.posthoc.laplace._curvature import GGN, conjugate_gradient, lanczos
+from skpcoreset.posthoc.laplace._curvature import GGN, lanczos
 from skpcoreset.posthoc.laplace._laplace import monte_carlo_proba, probit_proba
 from skpcoreset.posthoc.laplace._linearized import LastLayerModel, LinearizedModel
 from skpcoreset.posthoc.laplace._sharpness import exact_tangent_kernel_trace
@@ -171,7 +172,7 @@ def test_full_laplace_matches_naive_float64_reference(tiny_mlp, digits_data, par
 
 def test_diag_and_lowrank_agree_with_the_full_ggn(tiny_mlp, digits_data):
     X, y, X_test, _ = digits_data
-    common = dict(subset_of_weights="all", prior_precision=2.0, n_sharpness_probes=1)
+    common = dict(subset_of_weights="all", prior_precision=2.0, validation_fraction=0.0, n_sharpness_probes=1)
     X, y = X[:100], y[:100]
     full = ConnectivityLaplaceClassifier(tiny_mlp, **common).fit(X, y)
     ggn = full.posterior_precision_ - 2.0 * np.eye(len(full.posterior_precision_))
@@ -210,7 +211,7 @@ def test_conjugate_gradient_solves_batched_systems():
     A = rng.randn(20, 20)
     A = torch.as_tensor(A @ A.T + np.eye(20))
     rhs = torch.as_tensor(rng.randn(3, 20))
-    solution = conjugate_gradient(lambda v: v @ A, rhs, max_iter=100, tol=1e-12)
+    solution = conjugate_gradient(lambda v: v @ A, rhs, max_iter=100, tol=1e-12, batched=True)
     np.testing.assert_allclose(solution.numpy(), np.linalg.solve(A.numpy(), rhs.numpy().T).T, rtol=1e-8, atol=1e-10)
 
 
@@ -218,8 +219,21 @@ def test_conjugate_gradient_warns_when_it_stops_early():
     from sklearn.exceptions import ConvergenceWarning
 
     A = torch.diag(torch.logspace(0, 6, 50, dtype=torch.float64))
+    with pytest.warns(ConvergenceWarning, match="stopped after 3 iterations"):
+        conjugate_gradient(lambda v: v @ A, torch.ones(2, 50, dtype=torch.float64), max_iter=3, batched=True)
+
+
+def test_rto_conjugate_gradient_warning_names_the_consequence(tiny_mlp, digits_data):
+    from sklearn.exceptions import ConvergenceWarning
+
+    from skpcoreset.posthoc.laplace._curvature import RTOCurvature
+    from skpcoreset.posthoc.laplace._linearized import linearize
+
+    X = torch.as_tensor(digits_data[0][:50], dtype=torch.float64)
+    model = linearize(tiny_mlp, "all", "connectivity")
+    curvature = RTOCurvature(n_samples=2, max_iter=1).fit(GGN(model, model.inputs(X, 25), 25), make_generator(0))
     with pytest.warns(ConvergenceWarning, match="under-dispersed"):
-        conjugate_gradient(lambda v: v @ A, torch.ones(2, 50, dtype=torch.float64), max_iter=3, tol=1e-10)
+        curvature.samples(1e-6)
 
 
 def test_rto_samples_have_the_laplace_covariance(tiny_mlp, digits_data):
@@ -338,7 +352,7 @@ def test_sharpness_rejects_bad_input(tiny_mlp, bad, error, match):
 
 # -- invariance (the acceptance test of the issue) ---------------------------------------------
 def _laplace(module, X, y, **kwargs):
-    params = dict(prior_precision=1.0, n_sharpness_probes=4, random_state=0)
+    params = dict(prior_precision=1.0, validation_fraction=0.0, n_sharpness_probes=4, random_state=0)
     params.update(kwargs)
     return ConnectivityLaplaceClassifier(module, **params).fit(X, y)
 
@@ -366,7 +380,7 @@ def test_relu_rescaling_leaves_connectivity_laplace_and_sharpness_unchanged(relu
             "cl_diag_proba": _laplace(module, X, y, hessian_structure="diag").predict_proba(X_test),
             "cl_lowrank_proba": _laplace(module, X, y, hessian_structure="lowrank").predict_proba(X_test),
             "cl_rto_proba": _laplace(module, X, y, hessian_structure="rto", n_samples=8).predict_proba(X_test),
-            "cl_cv_prior": _laplace(module, X, y, prior_precision="cv").prior_precision_,
+            "cl_cv_prior": _laplace(module, X, y, prior_precision="cv", validation_fraction=0.2).prior_precision_,
         }
         for key, value in values.items():
             reference.setdefault(key, value)
@@ -411,24 +425,27 @@ def test_marglik_maximises_the_laplace_evidence(relu_mlp, digits_data):
 
 
 def test_cv_picks_the_grid_value_with_the_best_held_out_nll(relu_mlp, digits_data):
-    from sklearn.model_selection import train_test_split
-
     from skpcoreset._base import seed_from_random_state
+    from skpcoreset._holdout import holdout_split
     from skpcoreset.metrics import negative_log_likelihood
 
     X, y, _, _ = digits_data
-    tuned = _laplace(relu_mlp, X, y, prior_precision="cv")
+    tuned = _laplace(relu_mlp, X, y, prior_precision="cv", validation_fraction=0.2)
     exponent = math.log10(tuned.prior_precision_)
-    assert -2 <= exponent <= 4 and abs(exponent * 2 - round(exponent * 2)) < 1e-9
-    # the same stratified 80/20 split: curvature on 80%, NLL on 20%
-    fit, valid = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=seed_from_random_state(0))
+    assert -2 <= exponent <= 6 and abs(exponent * 2 - round(exponent * 2)) < 1e-9
+    # the same class-stratified 80/20 split: curvature on 80%, NLL on 20%
+    fit, valid = holdout_split(y, 0.2, seed_from_random_state(0))
+    np.testing.assert_allclose(
+        tuned.validation_scores_["map"]["nll"], negative_log_likelihood(y[valid], tuned.map_proba(X[valid])), rtol=1e-6
+    )
 
     def held_out_nll(delta):
-        clf = _laplace(relu_mlp, X[fit], y[fit], prior_precision=delta)
+        clf = _laplace(relu_mlp, X[fit], y[fit], prior_precision=delta, validation_fraction=0.0)
         return negative_log_likelihood(y[valid], clf.predict_proba(X[valid]))
 
     best = held_out_nll(tuned.prior_precision_)
-    for other in {max(exponent - 0.5, -2), min(exponent + 0.5, 4), -2, 4} - {exponent}:
+    np.testing.assert_allclose(tuned.validation_scores_["laplace"]["nll"], best, rtol=1e-6)
+    for other in {max(exponent - 0.5, -2), min(exponent + 0.5, 6), -2, 6} - {exponent}:
         assert best <= held_out_nll(10.0**other) + 1e-12
 
 
@@ -592,3 +609,66 @@ def test_rescale_layers_preserves_the_relu_function_and_leaves_the_input_alone(r
     assert all(torch.equal(a, b) for a, b in zip(before, relu_mlp.parameters(), strict=True))
     with pytest.raises(ValueError, match="positive"):
         rescale_layers(relu_mlp, "stages.0.1", "stages.1.0", -1.0)
+
+
+# -- issue 18.7 / 19: silent re-training, silent harm, one copy of the posterior ----------------
+def test_cloning_a_fitted_net_into_a_template_warns_and_frozen_estimator_does_not(digits_data):
+    import warnings
+
+    from sklearn.base import clone
+    from sklearn.frozen import FrozenEstimator
+
+    from skpcoreset.posthoc import GeometricEnsembleInfluence
+
+    X, y, _, _ = digits_data
+    net = make_net(max_epochs=1, module__hidden_sizes=(8,)).fit(X[:50], y[:50])
+    for cls in (ConnectivityLaplaceClassifier, GeometricEnsembleInfluence):
+        with pytest.warns(UserWarning, match="FrozenEstimator"):
+            clone(cls(net))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert getattr(clone(cls(FrozenEstimator(net))).net, "estimator", None) is net
+            clone(cls(net.module_))
+            clone(cls(make_net(max_epochs=1)))
+
+
+def test_a_posterior_that_hurts_the_map_is_flagged_on_held_out_data(digits_data):
+    """A Laplace posterior can make a good net worse (issue 18: digits MLP NLL 0.111 -> 0.717)."""
+    from skpcoreset.exceptions import NoBenefitWarning
+
+    X, y, _, _ = digits_data
+    net = make_net(max_epochs=30, lr=1e-2, module__hidden_sizes=(32,))
+    with pytest.warns(NoBenefitWarning, match="did not beat the map"):
+        hurt = ConnectivityLaplaceClassifier(net, prior_precision=1e-2, n_sharpness_probes=0, random_state=0).fit(X, y)
+    scores = hurt.validation_scores_
+    assert scores["laplace"]["nll"] > scores["map"]["nll"]
+    tuned = ConnectivityLaplaceClassifier(net, n_sharpness_probes=0, random_state=0)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuned.fit(X, y)
+    benefit = tuned.validation_scores_["laplace"]["nll"] < tuned.validation_scores_["map"]["nll"]
+    assert benefit != any(issubclass(w.category, NoBenefitWarning) for w in caught)
+    assert tuned.validation_scores_["laplace"]["nll"] < scores["laplace"]["nll"]  # 'cv' avoids the harmful prior
+    assert tuned.validation_scores_["laplace"]["nll"] <= tuned.validation_scores_["map"]["nll"] + 0.01
+    no_check = ConnectivityLaplaceClassifier(net, prior_precision=1.0, validation_fraction=0.0, n_sharpness_probes=0)
+    assert no_check.fit(X, y).validation_scores_ is None
+    with pytest.raises(ValueError, match="validation_fraction"):
+        ConnectivityLaplaceClassifier(net, validation_fraction=0.0).fit(X, y)
+
+
+def test_posterior_precision_is_stored_once(tiny_mlp, digits_data):
+    """Issue 19: posterior_precision_ was a second copy of the curvature (pickle 26.7 MB for 20.0 MB)."""
+    X, y, _, _ = digits_data
+    clf = ConnectivityLaplaceClassifier(
+        tiny_mlp, subset_of_weights="all", prior_precision=2.0, validation_fraction=0.0, n_sharpness_probes=0
+    ).fit(X[:100], y[:100])
+    P = clf.n_posterior_params_
+    assert "posterior_precision_" not in vars(clf)
+    np.testing.assert_allclose(clf.posterior_precision_, clf.curvature_.matrix.numpy() + 2.0 * np.eye(P))
+    one_copy = P * P * 8
+    size = len(pickle.dumps(clf))
+    assert size < 0.75 * one_copy, (size, one_copy)  # the curvature's upper triangle, nothing more
+    restored = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_allclose(restored.posterior_precision_, clf.posterior_precision_)

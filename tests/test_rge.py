@@ -15,6 +15,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from torch.func import functional_call
 
+from skpcoreset._linalg import conjugate_gradient
 from skpcoreset.graph import GCNClassifier, SGCClassifier
 from skpcoreset.graph._operations import as_adjacency, normalized_operator, propagate, remove_edges
 from skpcoreset.graph._softmax_regression import fit_softmax_regression
@@ -22,7 +23,6 @@ from skpcoreset.posthoc.graph import RepulsiveEdgeEliminator
 from skpcoreset.posthoc.graph._edge_influence import (
     SoftmaxRegression,
     candidate_edges,
-    conjugate_gradient,
     edge_influence,
     inverse_hvp,
     loss_gradient,
@@ -75,8 +75,14 @@ def sgc_edge_influence(X, y, A, train, val):
     model = fit_model(X_t, y_t, A, train)
     edges = candidate_edges(A, train)
     influence, affected = edge_influence(
-        X_t, A, edges, train_index=train, y_train=y_t[train], Z_val=propagate(X_t, A, 2, rows=val),
-        y_val=y_t[val], model=model,
+        X_t,
+        A,
+        edges,
+        train_index=train,
+        y_train=y_t[train],
+        Z_val=propagate(X_t, A, 2, rows=val),
+        y_val=y_t[val],
+        model=model,
     )
     return edges, influence, affected
 
@@ -218,6 +224,20 @@ def test_hessian_hvp_and_solvers_match_autograd():
         np.testing.assert_allclose(inverse_hvp(Z, model, V, solver=solver), expected, atol=1e-9)
     spd = reference.detach()
     np.testing.assert_allclose(conjugate_gradient(lambda v: spd @ v, V.reshape(-1)), expected.reshape(-1), atol=1e-9)
+
+
+def test_edge_influence_cg_warns_when_it_stops_early_like_the_laplace_one():
+    """Issue 17: one conjugate gradient for RGE and the Laplace RTO samples; RGE's stopped silently."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    from skpcoreset.posthoc.laplace import _curvature
+
+    assert _curvature.conjugate_gradient is conjugate_gradient
+    rng = np.random.RandomState(0)
+    Z = torch.as_tensor(rng.randn(40, 30))
+    model = SoftmaxRegression(torch.zeros(30, 3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 1e-6)
+    with pytest.warns(ConvergenceWarning, match="edge influences are approximate"):
+        inverse_hvp(Z, model, torch.as_tensor(rng.randn(31, 3)), solver="cg", cg_max_iter=2)
 
 
 def _logits(Z, theta):

@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..._linalg import conjugate_gradient
 from ...graph._operations import propagate
 
 __all__ = [
@@ -29,7 +30,6 @@ __all__ = [
     "candidate_edges",
     "edge_influence",
     "loss_gradient",
-    "conjugate_gradient",
     "softmax_regression_hessian",
     "softmax_regression_hvp",
     "inverse_hvp",
@@ -87,28 +87,6 @@ def softmax_regression_hessian(Z: torch.Tensor, proba: torch.Tensor, weight_deca
     return H + weight_decay * torch.eye(d * n_classes, dtype=Z.dtype, device=Z.device)
 
 
-def conjugate_gradient(
-    matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, *, tol: float = 1e-10, max_iter: int = 1000
-) -> torch.Tensor:
-    """Solve ``A x = b`` for symmetric positive-definite ``A`` given as ``matvec`` (any tensor shape)."""
-    x = torch.zeros_like(b)
-    residual = b.clone()
-    direction = residual.clone()
-    rr = (residual * residual).sum()
-    threshold = tol**2 * rr
-    for _ in range(max_iter):
-        if rr <= threshold:
-            break
-        Ad = matvec(direction)
-        alpha = rr / (direction * Ad).sum()
-        x += alpha * direction
-        residual -= alpha * Ad
-        rr_new = (residual * residual).sum()
-        direction = residual + (rr_new / rr) * direction
-        rr = rr_new
-    return x
-
-
 def inverse_hvp(
     Z: torch.Tensor,
     model: SoftmaxRegression,
@@ -125,7 +103,11 @@ def inverse_hvp(
         H = softmax_regression_hessian(Z, proba, model.weight_decay)
         return torch.linalg.solve(H, vector.reshape(-1)).reshape(vector.shape)
     return conjugate_gradient(
-        lambda V: softmax_regression_hvp(Z, proba, V, model.weight_decay), vector, tol=cg_tol, max_iter=cg_max_iter
+        lambda V: softmax_regression_hvp(Z, proba, V, model.weight_decay),
+        vector,
+        tol=cg_tol,
+        max_iter=cg_max_iter,
+        advice="The edge influences are approximate; raise cg_max_iter or use solver='exact'.",
     )
 
 
@@ -227,7 +209,9 @@ class EdgeTriplets:
         return out.index_put_((self.edge[hit],), self.values[hit], accumulate=True)
 
 
-def _propagation_change(graph: TrainingGraph, Q: torch.Tensor, base: dict, u: torch.Tensor, v: torch.Tensor) -> EdgeTriplets:
+def _propagation_change(
+    graph: TrainingGraph, Q: torch.Tensor, base: dict, u: torch.Tensor, v: torch.Tensor
+) -> EdgeTriplets:
     """Change of ``A_hat^2 Q`` at training nodes when each edge ``(u[e], v[e])`` is deleted.
 
     With ``R = D^-1/2``, ``M = A + I`` and ``E`` the deleted pair,
@@ -251,7 +235,9 @@ def _propagation_change(graph: TrainingGraph, Q: torch.Tensor, base: dict, u: to
     )
     # b = (M - E) a
     delta_b = delta_a.spread(graph.indptr, graph.indices)
-    delta_b = delta_b + EdgeTriplets(batch, u, -rv_new[:, None] * Q[v]) + EdgeTriplets(batch, v, -ru_new[:, None] * Q[u])
+    delta_b = (
+        delta_b + EdgeTriplets(batch, u, -rv_new[:, None] * Q[v]) + EdgeTriplets(batch, v, -ru_new[:, None] * Q[u])
+    )
     delta_b = delta_b.coalesce(n_nodes)
     # c = R'^2 b
     delta_c = delta_b.scaled(new_scale(delta_b, 2))

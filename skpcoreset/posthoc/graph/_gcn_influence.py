@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from ..._linalg import conjugate_gradient
 from ...graph._gcn import GCN
 from ...graph._operations import normalized_operator
-from ._edge_influence import EdgeTriplets, TrainingGraph, conjugate_gradient
+from ._edge_influence import EdgeTriplets, TrainingGraph
 
 __all__ = ["gcn_edge_influence", "influence_direction"]
 
@@ -57,7 +58,9 @@ def _one_hop_change(
     ru_new, rv_new = (graph.degree[u] - 1).rsqrt(), (graph.degree[v] - 1).rsqrt()
     Y_u, Y_v = Y[u], Y[v]
     # R' Y' - R Y
-    delta_a = EdgeTriplets(batch, u, (ru_new - r[u])[:, None] * Y_u) + EdgeTriplets(batch, v, (rv_new - r[v])[:, None] * Y_v)
+    delta_a = EdgeTriplets(batch, u, (ru_new - r[u])[:, None] * Y_u) + EdgeTriplets(
+        batch, v, (rv_new - r[v])[:, None] * Y_v
+    )
     if delta_Y is not None:
         delta_a = delta_a + delta_Y.scaled(_new_scale(delta_Y, r, u, v, ru_new, rv_new))
         Y_u, Y_v = Y_u + delta_Y.at(u, len(u)), Y_v + delta_Y.at(v, len(u))
@@ -123,6 +126,7 @@ def influence_direction(
         val_gradient,
         tol=cg_tol,
         max_iter=cg_max_iter,
+        advice="The GCN edge influences are approximate; raise cg_max_iter or the damping.",
     ).detach()
     module.train(was_training)
     pieces = direction.split([p.numel() for p in theta])
@@ -234,7 +238,9 @@ def gcn_edge_influence(
             u, v = edges_t[0, start : start + batch_size], edges_t[1, start : start + batch_size]
             hidden = _one_hop_change(graph, Y1, B1, u, v, None, train_only=False)
             changed = second_layer_input(H1[hidden.node] + hidden.values) - Y2[hidden.node]
-            output = _one_hop_change(graph, Y2, B2, u, v, EdgeTriplets(hidden.edge, hidden.node, changed), train_only=True)
+            output = _one_hop_change(
+                graph, Y2, B2, u, v, EdgeTriplets(hidden.edge, hidden.node, changed), train_only=True
+            )
             base = out[output.node]
             delta = directional_loss(base + output.values, output.node) - directional_loss(base, output.node)
             influence[start : start + len(u)].index_add_(0, output.edge, delta)

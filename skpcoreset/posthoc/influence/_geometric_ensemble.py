@@ -139,8 +139,15 @@ def fan_members(
     else:
         seeds = torch.randint(2**31 - 1, (n_members,), generator=generator, device=generator.device).tolist()
         flags = map_members(
-            _train_fan_member, modules, ({"seed": seed} for seed in progress(seeds)), n_jobs=n_jobs,
-            stop=bool, X=X, y=y, spec=spec, noise=noise,
+            _train_fan_member,
+            modules,
+            ({"seed": seed} for seed in progress(seeds)),
+            n_jobs=n_jobs,
+            stop=bool,
+            X=X,
+            y=y,
+            spec=spec,
+            noise=noise,
         )
         modules, interrupted = modules[: len(flags)], any(flags)
     for module in modules:

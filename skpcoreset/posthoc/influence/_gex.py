@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import copy
+import hashlib
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -12,12 +13,17 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ..._base import TorchEstimatorMixin, make_generator, seed_from_random_state
-from ..._skorch import as_template, build_member_nets, fitted_module, train_spec_from_net
+from ..._skorch import as_template, train_spec_from_net
+from ...exceptions import NoBenefitWarning
+from .._theta_star import fitted_or_trained, warn_if_clone_unfits
 from ._baselines import CheckpointTrainer
 from ._scorers import SCORERS, InfluenceScorer
 from ._threshold import otsu_threshold
 
 __all__ = ["GeometricEnsembleInfluence"]
+
+# Training accuracy of theta* from which it counts as having memorised its labels.
+MEMORISED = 0.99
 
 
 class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimator):
@@ -35,6 +41,18 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
     with the same deviations. Mislabeled samples that theta* memorised have a small loss at
     theta* but a large one at the members, so they get a large self-influence. No per-sample
     gradients and no Hessian are needed.
+
+    By default (``estimate='loo_loss'``) a sample is ranked by its estimated leave-one-out
+    loss ``l(z; theta*) + I(z)``: the influence function ``I(z) = g^T H^-1 g`` is the first-order
+    rise of z's own loss when z is left out of training, and GEX's ``I(z)`` is its
+    geometric-ensemble estimate (the variance of z's loss under a posterior around theta*,
+    Kim et al. 2023, Sec. 3). Where theta* memorises its labels (the paper's setting) the loss
+    at theta* is near 0 for every sample and the ranking is GEX's; where theta* does not fit a
+    mislabeled sample its loss is high at theta* and at every member, its deviation is small,
+    and the paper's ``I(z)`` alone under-ranks it while the leave-one-out loss does not.
+    ``estimate='self_influence'`` ranks by ``I(z)`` alone, as in the paper, and warns
+    (:class:`~skpcoreset.exceptions.NoBenefitWarning`) when theta* fits fewer than 99% of its
+    training labels, the regime in which the loss at theta* ranks better.
 
     The baselines run through the same estimator and the same trained theta*:
     ``'loss'`` (the loss at theta*), ``'grad_norm'`` (``||g_z||^2``, the bilinear influence with
@@ -58,9 +76,12 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         The influence score.
     n_members : int, default=8
         Size M of the geometric ensemble (the paper uses 32; 8 in its README example).
-    member_epochs : int, default=4
-        Epochs of training per member. The paper's 800 steps are about 2 CIFAR-10 epochs.
-    member_lr : float, default=0.2
+    member_epochs : int or 'auto', default='auto'
+        Epochs of training per member. 'auto' sizes them to the data: about 100 optimiser
+        steps per member (between 1 and 100 epochs), so a 150-row table and a 50,000-image set
+        both move their members by a comparable amount. The paper's 800 steps per member are
+        about 2 CIFAR-10 epochs.
+    member_lr : float, default=0.1
         Initial learning rate of each member's cosine cycle (SGD, momentum 0.9).
     jitter : 'auto' or float, default='auto'
         Standard deviation of the Gaussian noise added to the inputs while members train, in
@@ -70,6 +91,10 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         reaches ``tau`` (each try rebuilds the ensemble from theta*).
     tau : float, default=0.05
         Loss floor of theta* in the deviations.
+    estimate : {'loo_loss', 'self_influence'}, default='loo_loss'
+        What ``method='gex'`` ranks by: the estimated leave-one-out loss ``l(z; theta*) + I(z)``
+        or the paper's self-influence ``I(z)`` alone (see above). Train-test influence is the
+        same for both. Other methods ignore it.
     continuation : {'chain', 'fan'}, default='chain'
         'chain': each member continues from the previous one (FGE, as in the paper). 'fan':
         every member starts from theta*; buffer-free dense networks then train all members at
@@ -94,7 +119,14 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
     ----------
     self_influence_ : ndarray of shape (n_samples,)
         The ``method``'s score of every training sample (larger: more influential, more likely
-        mislabeled).
+        mislabeled); for 'gex' the chosen ``estimate``.
+    theta_train_accuracy_ : float
+        Accuracy of theta* on the training labels: near 1 where it memorised them (GEX's
+        regime), lower where mislabeled samples keep a high loss at theta*.
+    theta_at_optimum_ : bool
+        False when the members, which continue training from theta*, lowered its mean
+        training loss: theta* was not converged, and the default estimate falls back to the loss
+        at theta* (with a :class:`~skpcoreset.exceptions.NoBenefitWarning`).
     base_losses_ : ndarray of shape (n_samples,)
         Loss of every training sample at theta*.
     member_losses_ : ndarray of shape (n_members, n_samples)
@@ -102,6 +134,8 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
     median_loss_shift_ : float
         Median of ``|member_losses_ - base_losses_|`` (``method='gex'`` only); below ``tau`` the
         members barely moved and a warning is raised.
+    member_epochs_ : int
+        Epochs each member trained (``method='gex'`` only; sized to the data when 'auto').
     jitter_ : float
         The input noise the members were trained with (``method='gex'`` only).
     predicted_labels_ : ndarray of shape (n_samples,)
@@ -109,6 +143,9 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         averaged) for 'gex', by theta* otherwise. :meth:`relabel` uses it.
     train_labels_ : ndarray of shape (n_samples,)
         The training labels as given.
+    train_fingerprint_ : str
+        SHA-1 of the training inputs (as validated ``float32``): ``predict(X)`` without ``y``
+        recognises the training set by it and scores it with ``train_labels_``.
     threshold_ : float
         Self-influence above which a sample is flagged.
     offset_ : float
@@ -153,16 +190,23 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
     >>> flagged = gex.fit_predict(X / 16, y_noisy) == -1
     >>> bool(flipped[flagged].mean() > 0.5)
     True
+
+    Cleaning the data set keeps the rows that are not flagged:
+
+    >>> kept = gex.drop_flagged()
+    >>> bool(flipped[kept].mean() < flipped.mean())
+    True
     """
 
     _parameter_constraints = {
         "net": "no_validation",
         "method": [StrOptions(set(SCORERS))],
         "n_members": [Interval(Integral, 1, None, closed="left")],
-        "member_epochs": [Interval(Integral, 1, None, closed="left")],
+        "member_epochs": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "member_lr": [Interval(Real, 0, None, closed="neither")],
         "jitter": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
         "tau": [Interval(Real, 0, None, closed="left")],
+        "estimate": [StrOptions({"loo_loss", "self_influence"})],
         "continuation": [StrOptions({"chain", "fan"})],
         "n_jobs": [None, Integral],
         "n_checkpoints": [Interval(Integral, 1, None, closed="left")],
@@ -178,10 +222,11 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         net=None,
         method="gex",
         n_members=8,
-        member_epochs=4,
-        member_lr=0.2,
+        member_epochs="auto",
+        member_lr=0.1,
         jitter="auto",
         tau=0.05,
+        estimate="loo_loss",
         continuation="chain",
         n_jobs=None,
         n_checkpoints=5,
@@ -198,6 +243,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         self.member_lr = member_lr
         self.jitter = jitter
         self.tau = tau
+        self.estimate = estimate
         self.continuation = continuation
         self.n_jobs = n_jobs
         self.n_checkpoints = n_checkpoints
@@ -238,38 +284,42 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         self.training_strategy_ = getattr(scorer, "strategy", None)
         self._record_training_scores(scorer, X_t, y_t)
         self.train_labels_ = np.asarray(column_or_1d(y)).copy()
+        self.train_fingerprint_ = _fingerprint(X)
         self.threshold_ = self._threshold(self.self_influence_)
         self.offset_ = -self.threshold_
         return self
 
     def _fit_base(self, X: torch.Tensor, y: torch.Tensor) -> list:
         """Set ``module_`` (theta*) and ``net_``; return the TracIn checkpoints (empty when prefit)."""
-        self.interrupted_ = False
-        prefit = fitted_module(self.net)
-        if prefit is not None:
-            self.net_ = None
-            self.module_ = copy.deepcopy(prefit).to(self.device_).eval()
-            self._check_outputs(X[:2])
-            return []
         init_seed, shuffle_seed = seed_from_random_state(self._seed, 2)
-        (self.net_,) = build_member_nets(
+
+        def train(net):
+            return CheckpointTrainer(
+                net.module_,
+                train_spec_from_net(self.net, n_samples=len(X)),
+                n_checkpoints=self.n_checkpoints,
+                generator=make_generator(shuffle_seed, self.device_),
+                verbose=self.verbose,
+                desc="theta*",
+            ).fit(X, y)
+
+        self.module_, self.net_, trainer = fitted_or_trained(
             self.net,
             input_shape=self.input_shape_,
             n_classes=len(self.classes_),
-            seeds=[init_seed],
+            init_seed=init_seed,
             device=self.device_,
+            train=train,
         )
-        trainer = CheckpointTrainer(
-            self.net_.module_,
-            train_spec_from_net(self.net, n_samples=len(X)),
-            n_checkpoints=self.n_checkpoints,
-            generator=make_generator(shuffle_seed, self.device_),
-            verbose=self.verbose,
-            desc="theta*",
-        ).fit(X, y)
-        self.interrupted_ = trainer.interrupted
-        self.module_ = self.net_.module_.eval()
+        self.interrupted_ = bool(trainer is not None and trainer.interrupted)
+        if trainer is None:
+            self._check_outputs(X[:2])
+            return []
         return trainer.checkpoints
+
+    def __sklearn_clone__(self):
+        warn_if_clone_unfits(self.net, type(self).__name__)
+        return super().__sklearn_clone__()
 
     @torch.no_grad()
     def _check_outputs(self, X: torch.Tensor) -> None:
@@ -287,6 +337,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
             "member_lr": self.member_lr,
             "jitter": self.jitter,
             "tau": self.tau,
+            "estimate": self.estimate,
             "continuation": self.continuation,
             "n_jobs": self.n_jobs,
             "batch_size": as_template(self.net).batch_size if self.net_ is not None else 128,
@@ -300,10 +351,40 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         self.self_influence_ = _numpy(self_influence)
         self.base_losses_ = _numpy(scorer.base_losses(X, y))
         self.predicted_labels_ = self.classes_[_numpy(predicted).astype(np.int64)]
+        with torch.no_grad():
+            fitted = torch.cat([self.module_(X[i : i + 1024]).argmax(1) for i in range(0, len(X), 1024)])
+        self.theta_train_accuracy_ = float((fitted == y).double().mean())
         if self.method == "gex":
             self.member_losses_ = _numpy(scorer.member_loss)
             self.median_loss_shift_ = scorer.median_shift
             self.jitter_ = scorer.jitter
+            self.member_epochs_ = scorer.member_epochs
+        self.theta_at_optimum_ = bool(getattr(scorer, "at_optimum", True))
+        if self.method == "gex" and not self.theta_at_optimum_:
+            ranked = (
+                "Samples are ranked by the loss at theta* instead (method='loss', which ranks better here)"
+                if self.estimate == "loo_loss"
+                else "The loss at theta* (method='loss', the default estimate's fallback) ranks better here"
+            )
+            warnings.warn(
+                "GeometricEnsembleInfluence: the geometric-ensemble members, which continue training from "
+                "theta*, lowered its mean training loss "
+                f"({self.base_losses_.mean():.3f} -> {self.member_losses_.mean():.3f}; theta* fits "
+                f"{self.theta_train_accuracy_:.1%} of its labels): theta* is not at an optimum, so the "
+                f"members' loss deviations measure training progress rather than influence. {ranked}; "
+                "train theta* to convergence for GEX's ranking.",
+                NoBenefitWarning,
+                stacklevel=3,
+            )
+        elif self.method == "gex" and self.estimate == "self_influence" and self.theta_train_accuracy_ < MEMORISED:
+            warnings.warn(
+                f"GeometricEnsembleInfluence: theta* fits only {self.theta_train_accuracy_:.1%} of its "
+                "training labels, so mislabeled samples it does not fit keep a high loss at theta* and "
+                "at every member and their self-influence is small: the loss at theta* (method='loss') "
+                "ranks them better here. estimate='loo_loss' (the default) adds it.",
+                NoBenefitWarning,
+                stacklevel=3,
+            )
 
     def _threshold(self, scores: np.ndarray) -> float:
         if self.contamination == "otsu":
@@ -315,12 +396,22 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
 
     # -- scoring ------------------------------------------------------------------------------
     def _tensors(self, X, y):
-        """Validated tensors of ``X`` and of ``y`` encoded with ``classes_`` (theta*'s labels if None)."""
+        """Validated tensors of ``X`` and of ``y`` encoded with ``classes_``.
+
+        ``y=None`` is accepted for the training set only (its rows equal, in the same order,
+        to the ``X`` given to ``fit``): its labels are then the training labels.
+        """
         check_is_fitted(self)
-        X_t = self._to_tensor(self._validate_X(X, reset=False))
+        X_valid = self._validate_X(X, reset=False)
         if y is None:
-            with torch.no_grad():
-                return X_t, torch.cat([self.module_(X_t[i : i + 1024]).argmax(1) for i in range(0, len(X_t), 1024)])
+            if _fingerprint(X_valid) != self.train_fingerprint_:
+                raise ValueError(
+                    "Self-influence scores (x, y) pairs, and these rows are not the training set "
+                    "given to fit: pass their labels, e.g. predict(X, y). Without y only the "
+                    "training set is scored (with the labels fit saw)."
+                )
+            y = self.train_labels_
+        X_t = self._to_tensor(X_valid)
         y = np.asarray(column_or_1d(y))
         if len(y) != len(X_t):
             raise ValueError(f"X and y have inconsistent numbers of samples: {len(X_t)} and {len(y)}.")
@@ -336,8 +427,10 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, *input_shape)
         y : array-like of shape (n_samples,) or None
-            Labels of ``X``. None scores each sample with the label theta* predicts, which
-            measures how unstable that prediction is across the ensemble.
+            Labels of ``X``. None is allowed only for the training set itself (``X`` equal, row
+            for row, to the ``X`` given to ``fit``, detected by a fingerprint of its values):
+            its rows are scored with the training labels. Any other ``X`` without ``y``
+            raises ValueError.
 
         Returns
         -------
@@ -347,11 +440,18 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         return -_numpy(self.scorer_.self_influence(X_t, y_t))
 
     def decision_function(self, X, y=None) -> np.ndarray:
-        """``score_samples(X, y) - offset_``: negative for samples flagged as likely mislabeled."""
+        """``score_samples(X, y) - offset_``: negative for samples flagged as likely mislabeled.
+
+        ``y`` may be omitted for the training set only (see :meth:`score_samples`).
+        """
         return self.score_samples(X, y) - self.offset_
 
     def predict(self, X, y=None) -> np.ndarray:
-        """-1 for likely mislabeled samples of ``(X, y)``, +1 otherwise."""
+        """-1 for likely mislabeled samples of ``(X, y)``, +1 otherwise.
+
+        ``predict(X_train)`` flags the training set with the labels ``fit`` saw (the same as
+        ``fit_predict``); any other ``X`` needs its labels ``y`` (see :meth:`score_samples`).
+        """
         return np.where(self.decision_function(X, y) < 0, -1, 1)
 
     def fit_predict(self, X, y=None, **kwargs) -> np.ndarray:
@@ -380,8 +480,49 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         return _numpy(self.scorer_.train_test(X_t, y_t))
 
     # -- applications -------------------------------------------------------------------------
-    def prune(self, fraction: float) -> np.ndarray:
-        """Indices of the training samples kept after dropping the least influential ``fraction``.
+    def drop_flagged(self, fraction: float | None = None) -> np.ndarray:
+        """Indices of the training samples kept after dropping the likely mislabeled ones (cleaning).
+
+        Parameters
+        ----------
+        fraction : float in [0, 1) or None, default=None
+            None drops the samples ``fit_predict`` flags (self-influence above ``threshold_``);
+            a number drops that fraction of the training set with the *largest* self-influence.
+
+        Returns
+        -------
+        ndarray of int, sorted
+
+        See Also
+        --------
+        prune_least_influential : the data-pruning intent, which drops the *smallest* scores.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import load_digits
+        >>> from skpcoreset import make_net
+        >>> from skpcoreset.datasets import add_label_noise
+        >>> from skpcoreset.posthoc.influence import GeometricEnsembleInfluence
+        >>> X, y = load_digits(return_X_y=True)
+        >>> y_noisy, flipped = add_label_noise(y, 0.1, random_state=0)
+        >>> gex = GeometricEnsembleInfluence(make_net(max_epochs=20, lr=1e-2), random_state=0)
+        >>> kept = gex.fit(X / 16, y_noisy).drop_flagged()
+        >>> bool(flipped[kept].mean() < flipped.mean())  # fewer flipped labels among the kept rows
+        True
+        """
+        check_is_fitted(self)
+        if fraction is None:
+            return np.flatnonzero(self.self_influence_ <= self.threshold_)
+        order = np.argsort(-self.self_influence_, kind="stable")  # most influential first
+        return np.sort(order[self._n_dropped(fraction) :])
+
+    def prune_least_influential(self, fraction: float) -> np.ndarray:
+        """Indices of the training samples kept after dropping the least influential ``fraction`` (data pruning).
+
+        Dataset pruning in the GEX paper's sense: the samples with the smallest self-influence
+        are the most redundant, and a model trained on the rest loses least. On noisy labels
+        this keeps the mislabeled samples (they are the most influential); to clean a data set
+        use :meth:`drop_flagged`.
 
         Parameters
         ----------
@@ -392,11 +533,28 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         ndarray of int, sorted
         """
         check_is_fitted(self)
+        order = np.argsort(self.self_influence_, kind="stable")  # least influential first
+        return np.sort(order[self._n_dropped(fraction) :])
+
+    def prune(self, fraction: float) -> np.ndarray:
+        """Deprecated: use :meth:`prune_least_influential` (data pruning) or :meth:`drop_flagged` (cleaning).
+
+        The name did not say which samples go: it drops the *least* influential ones, which
+        after mislabel detection keeps exactly the flipped labels (issue 18).
+        """
+        warnings.warn(
+            "GeometricEnsembleInfluence.prune is deprecated: it drops the LEAST influential samples "
+            "(data pruning), which keeps mislabeled ones. Use prune_least_influential(fraction) for "
+            "data pruning or drop_flagged() to remove likely mislabeled samples.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.prune_least_influential(fraction)
+
+    def _n_dropped(self, fraction) -> int:
         if not isinstance(fraction, Real) or not 0.0 <= fraction < 1.0:
             raise ValueError(f"fraction must be a number in [0, 1); got {fraction!r}.")
-        n_drop = int(round(fraction * len(self.self_influence_)))
-        order = np.argsort(self.self_influence_, kind="stable")
-        return np.sort(order[n_drop:])
+        return int(round(fraction * len(self.self_influence_)))
 
     def relabel(self) -> np.ndarray:
         """Training labels with every flagged sample set to ``predicted_labels_``.
@@ -408,6 +566,12 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         check_is_fitted(self)
         flagged = self.self_influence_ > self.threshold_
         return np.where(flagged, self.predicted_labels_, self.train_labels_)
+
+
+def _fingerprint(X: np.ndarray) -> str:
+    """SHA-1 of the validated ``float32`` rows (and their shape): recognises the training set."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    return hashlib.sha1(repr(X.shape).encode() + X.tobytes()).hexdigest()
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:

@@ -10,6 +10,7 @@ true class (the ensemble's for GEX, theta*'s otherwise), used for relabeling.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Callable
 
@@ -40,6 +41,18 @@ _BATCH = 1024
 # by at least tau (median loss change): measured on digits the first passing level also ranks
 # best, while a level far above it blurs the ranking (AUC 0.994 at 0.2 vs 0.982 at 0.5).
 JITTER_LADDER = (0.2, 0.4, 0.8, 1.6)
+# member_epochs='auto': about this many optimiser steps per member, within these epochs. On the
+# panel's 124- to 2,000-row sets 100 steps at lr 0.1 ranked best (noisy_tabular AUC 0.977 over
+# 3 seeds vs 0.972 at 200 steps and 0.963 at lr 0.4; 4 fixed epochs gave wine 4 steps, AUC 0.87).
+MEMBER_STEPS = 100
+MEMBER_EPOCH_BOUNDS = (1, 100)
+
+
+def auto_member_epochs(n_samples: int, batch_size: int) -> int:
+    """Epochs giving about :data:`MEMBER_STEPS` optimiser steps per member (bounded)."""
+    steps_per_epoch = max(1, math.ceil(n_samples / batch_size))
+    low, high = MEMBER_EPOCH_BOUNDS
+    return int(min(max(math.ceil(MEMBER_STEPS / steps_per_epoch), low), high))
 
 
 @torch.no_grad()
@@ -150,6 +163,11 @@ class GexScorer(InfluenceScorer):
             if self.median_shift >= tau or self.interrupted:
                 break
         self.train_deviations = loss_deviations(self.member_loss, base_loss, tau)
+        # Members continue training from theta*: around an optimum they can only raise the mean
+        # training loss. Where they lower it, theta* was not converged and the deviations measure
+        # training progress, not a posterior spread (panel cifar10: theta* fits 17% of its labels,
+        # the members lower 75% of the losses, I(z) ranks the flips at AUC 0.51).
+        self.at_optimum = bool(self.member_loss.mean() >= base_loss.mean())
         if self.median_shift < tau:
             warnings.warn(
                 f"The geometric-ensemble members barely moved from theta* (median |loss change| "
@@ -162,13 +180,15 @@ class GexScorer(InfluenceScorer):
 
     def _build_members(self, X, y, generator, progress):
         s = self.settings
+        epochs = s["member_epochs"]
+        self.member_epochs = auto_member_epochs(len(X), s["batch_size"]) if epochs == "auto" else epochs
         parallel = {} if s["continuation"] == "chain" else {"n_jobs": s.get("n_jobs")}
         build = chain_members if s["continuation"] == "chain" else fan_members
         self.member_states, self.strategy, self.interrupted = build(
             self.module,
             X,
             y,
-            member_spec(s["member_epochs"], s["batch_size"], s["member_lr"]),
+            member_spec(self.member_epochs, s["batch_size"], s["member_lr"]),
             n_members=s["n_members"],
             noise=self.jitter,
             generator=generator,
@@ -178,9 +198,21 @@ class GexScorer(InfluenceScorer):
         self.workspace = copy.deepcopy(self.module)
         self.member_loss, self.train_proba = member_losses_and_proba(self.workspace, self.member_states, X, y)
 
+    def _estimate(self, influence: torch.Tensor, base_loss: torch.Tensor) -> torch.Tensor:
+        """``I(z)``, or the leave-one-out loss ``l(z; theta*) + I(z)`` (``estimate='loo_loss'``).
+
+        ``'loo_loss'`` where theta* is not at an optimum (``at_optimum`` False) is the loss at
+        theta* alone: the deviations then measure training progress, not influence.
+        """
+        if self.settings.get("estimate", "self_influence") == "loo_loss":
+            return base_loss + influence if getattr(self, "at_optimum", True) else base_loss
+        return influence
+
     def training_scores(self, X, y):
         # fit already evaluated every member on the training set; reuse it instead of M more passes
-        return self.train_deviations.pow(2).mean(dim=0), self.train_proba.argmax(dim=1)
+        influence = self.train_deviations.pow(2).mean(dim=0)
+        scores = self._estimate(influence, self.base_losses(X, y))
+        return scores, self.train_proba.argmax(dim=1)
 
     def deviations(self, X, y):
         member_loss, _ = member_losses_and_proba(self.workspace, self.member_states, X, y)
@@ -188,7 +220,9 @@ class GexScorer(InfluenceScorer):
 
     def self_influence(self, X, y):
         member_loss, _ = member_losses_and_proba(self.workspace, self.member_states, X, y)
-        return gex_self_influence(member_loss, self.base_losses(X, y), self.settings["tau"])
+        base_loss = self.base_losses(X, y)
+        influence = gex_self_influence(member_loss, base_loss, self.settings["tau"])
+        return self._estimate(influence, base_loss)
 
     def train_test(self, X_test, y_test):
         return gex_train_test(self.deviations(X_test, y_test), self.train_deviations)

@@ -17,14 +17,13 @@ so the ordinary Laplace approximation and the connectivity Laplace share this fi
 from __future__ import annotations
 
 import math
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 import torch
-from sklearn.exceptions import ConvergenceWarning
 
 from ..._base import progress
+from ..._linalg import conjugate_gradient
 from ._linearized import LinearizedModel, softmax_hessian_factor
 
 __all__ = [
@@ -312,35 +311,6 @@ class LowRankCurvature(Curvature):
         return self.eigenvalues + prior_precision
 
 
-def conjugate_gradient(matvec, rhs: torch.Tensor, *, max_iter: int, tol: float, verbose: int = 0) -> torch.Tensor:
-    """Solve ``A X = rhs`` for each row of ``rhs`` ``(S, P)`` (A symmetric positive definite)."""
-    solution = torch.zeros_like(rhs)
-    residual = rhs.clone()
-    direction = residual.clone()
-    residual_norm = residual.square().sum(1)
-    target = tol**2 * residual_norm
-    for _ in progress(range(max_iter), verbose=verbose, desc="RTO conjugate gradients"):
-        if bool((residual_norm <= target).all()):
-            break
-        curved = matvec(direction)
-        step = residual_norm / (direction * curved).sum(1).clamp_min(torch.finfo(rhs.dtype).tiny)
-        solution += step[:, None] * direction
-        residual -= step[:, None] * curved
-        new_norm = residual.square().sum(1)
-        direction = residual + (new_norm / residual_norm.clamp_min(torch.finfo(rhs.dtype).tiny))[:, None] * direction
-        residual_norm = new_norm
-    if not bool((residual_norm <= target).all()):
-        worst = float((residual_norm / target.clamp_min(torch.finfo(rhs.dtype).tiny)).max().sqrt()) * tol
-        warnings.warn(
-            f"Conjugate gradients stopped after {max_iter} iterations at a relative residual of "
-            f"{worst:.2g} (target {tol:g}); the RTO samples are under-dispersed. A larger prior "
-            "precision improves the conditioning.",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
-    return solution
-
-
 class RTOCurvature(Curvature):
     """Posterior samples by randomize-then-optimize, for networks too large for any matrix.
 
@@ -379,7 +349,10 @@ class RTOCurvature(Curvature):
                     rhs,
                     max_iter=self.max_iter,
                     tol=self.tol,
+                    batched=True,
+                    advice="The RTO samples are under-dispersed. A larger prior precision improves the conditioning.",
                     verbose=self.ggn.verbose,
+                    desc="RTO conjugate gradients",
                 )
             }
         return self._solved[prior_precision]

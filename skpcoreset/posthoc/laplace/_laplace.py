@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from numbers import Integral, Real
 
@@ -10,24 +9,26 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
-from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ..._base import TorchEstimatorMixin, make_generator, seed_from_random_state
-from ..._skorch import build_member_nets, fitted_module, train_spec_from_net
+from ..._holdout import holdout_split, scores, warn_if_no_benefit
+from ..._skorch import train_spec_from_net
 from ..._train import predict_batched, train_members
+from .._theta_star import fitted_or_trained, warn_if_clone_unfits
 from ._curvature import CURVATURES, GGN, Curvature, make_curvature
 from ._linearized import PARAMETERIZATIONS, SUBSETS, LinearizedModel, linearize
 from ._sharpness import connectivity_sharpness
 
 __all__ = ["ConnectivityLaplaceClassifier"]
 
-# log10 of the prior precisions searched by 'marglik' (then refined) and by 'cv'.
+# log10 of the prior precisions searched by 'marglik' (then refined) and by 'cv'. The 'cv' grid
+# reaches 10^6, where the posterior has all but collapsed onto the MAP, so a network that a
+# posterior can only make worse gets the smallest possible change.
 _MARGLIK_GRID = np.linspace(-6.0, 8.0, 57)
-_CV_GRID = np.linspace(-2.0, 4.0, 13)
-_CV_FRACTION = 0.2
+_CV_GRID = np.linspace(-2.0, 6.0, 17)
 
 
 def probit_proba(logits: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
@@ -64,8 +65,10 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
         A *fitted* skorch net (its ``module_``) or a module instance is used as trained, never
         modified; its logit columns must follow the sorted labels of ``y``. ``None``, a module
         class or an unfitted skorch template is first trained on ``(X, y)`` by skpcoreset's
-        loop (see :func:`skpcoreset.make_net`). Note that :func:`sklearn.base.clone` turns a
-        fitted skorch net into an unfitted template; pass ``net.module_`` to keep it trained.
+        loop (see :func:`skpcoreset.make_net`). :func:`sklearn.base.clone` (``GridSearchCV``,
+        ``cross_val_score``) turns a fitted skorch net into an unfitted template, which the
+        clone re-trains; cloning warns about it. Pass ``FrozenEstimator(net)``
+        (:class:`sklearn.frozen.FrozenEstimator`) or ``net.module_`` to keep it trained.
     parameterization : {'connectivity', 'weight'}, default='connectivity'
         Coordinates of the posterior; 'weight' is the ordinary Laplace approximation.
     subset_of_weights : {'last_layer', 'all'}, default='last_layer'
@@ -73,14 +76,20 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
     hessian_structure : {'full', 'diag', 'lowrank', 'rto'}, default='full'
         How the GGN is represented: dense, diagonal, top-``rank`` Lanczos eigenpairs, or
         ``n_samples`` randomize-then-optimize posterior samples (for large networks).
-    prior_precision : float or {'marglik', 'cv'}, default=1.0
+    prior_precision : float or {'marglik', 'cv'}, default='cv'
         Precision ``delta`` of the isotropic prior (``alpha^-2`` in connectivity coordinates).
         'marglik' maximises the Laplace evidence (weight parameterisation only: in
         connectivity coordinates the prior mean is the MAP, so the evidence grows without
-        bound with ``delta``); 'cv' holds out a stratified 20% of ``(X, y)``, fits the
-        network (when trained here) and the curvature on the rest, and picks the value of the
-        grid ``10^-2 .. 10^4`` with the best predictive NLL on the held-out part. A network
+        bound with ``delta``); 'cv' picks the value of the grid ``10^-2 .. 10^6`` with the best
+        predictive NLL on the validation split (see ``validation_fraction``). A network
         trained elsewhere should not have seen all of ``(X, y)``, or 'cv' favours the MAP.
+    validation_fraction : float in [0, 1), default=0.2
+        Share of every class of ``(X, y)`` held out (:func:`skpcoreset._holdout.holdout_split`);
+        the network (when trained here) and the curvature are fitted on the rest. On the
+        held-out part 'cv' tunes the prior precision and the posterior predictive is compared
+        with the MAP network alone (``validation_scores_``): when it does not lower the NLL, a
+        :class:`~skpcoreset.exceptions.NoBenefitWarning` says so. 0 holds out nothing (no
+        check; 'cv' then raises).
     link_approx : {'probit', 'mc'}, default='probit'
         Probit approximation of the softmax-Gaussian integral, or Monte Carlo.
     rank : int, default=10
@@ -111,10 +120,14 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
         The fitted curvature backend (holds the GGN in the chosen structure).
     prior_precision_ : float
         The prior precision used (tuned when ``prior_precision`` is a string).
+    validation_scores_ : dict or None
+        ``{'laplace': {...}, 'map': {...}}``: accuracy, NLL and ECE of the posterior predictive
+        and of the MAP network on the validation split (None when ``validation_fraction=0``).
     posterior_precision_ : ndarray or None
         ``H + delta I``: ``(P, P)`` for 'full', its diagonal ``(P,)`` for 'diag', the top
         ``rank`` eigenvalues for 'lowrank' (eigenvectors in ``posterior_eigenvectors_``);
-        None for 'rto' (see ``posterior_samples_``).
+        None for 'rto' (see ``posterior_samples_``). Read from ``curvature_`` on access, so a
+        fitted (and pickled) estimator holds one copy of the curvature.
     posterior_eigenvectors_ : ndarray of shape (P, rank) or None
     posterior_samples_ : ndarray of shape (n_samples, P) or None
         RTO draws of ``u - u*``.
@@ -152,6 +165,7 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
         "subset_of_weights": [StrOptions(set(SUBSETS))],
         "hessian_structure": [StrOptions(set(CURVATURES))],
         "prior_precision": [Interval(Real, 0, None, closed="neither"), StrOptions({"marglik", "cv"})],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "link_approx": [StrOptions({"probit", "mc"})],
         "rank": [Interval(Integral, 1, None, closed="left")],
         "n_samples": [Interval(Integral, 1, None, closed="left")],
@@ -169,7 +183,8 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
         parameterization="connectivity",
         subset_of_weights="last_layer",
         hessian_structure="full",
-        prior_precision=1.0,
+        prior_precision="cv",
+        validation_fraction=0.2,
         link_approx="probit",
         rank=10,
         n_samples=100,
@@ -185,6 +200,7 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
         self.subset_of_weights = subset_of_weights
         self.hessian_structure = hessian_structure
         self.prior_precision = prior_precision
+        self.validation_fraction = validation_fraction
         self.link_approx = link_approx
         self.rank = rank
         self.n_samples = n_samples
@@ -213,7 +229,7 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
         self._check_prior_choice()
         self._init_torch()
         X_t, y_t = self._to_tensor(X), self._to_tensor(y, dtype=torch.long)
-        (X_fit, y_fit), validation = self._split_for_prior(X_t, y_t)
+        (X_fit, y_fit), validation = self._validation_split(X_t, y_t)
         self.module_ = self._trained_module(X_fit, y_fit)
         self._check_outputs(X_fit)
         model = self._linearized_model()
@@ -221,7 +237,7 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
         inputs = model.inputs(X_fit, self.batch_size)
         self.curvature_ = self._fit_curvature(model, inputs)
         self.prior_precision_ = self._tune_prior_precision(model, validation)
-        self._expose_posterior()
+        self.validation_scores_ = self._check_benefit(model, validation)
         self.log_marginal_likelihood_ = self._log_marginal_likelihood(model, inputs, y_fit, self.prior_precision_)
         self.connectivity_sharpness_ = self._connectivity_sharpness(X_fit)
         return self
@@ -233,18 +249,42 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
             self.module_, X_fit, n_probes=self.n_sharpness_probes, batch_size=self.batch_size, random_state=self._seed
         )
 
-    def _split_for_prior(self, X_t: torch.Tensor, y_t: torch.Tensor):
-        """``((X, y) for the network and curvature, (X, y) held out for 'cv' or None)``."""
-        if self.prior_precision != "cv":
+    def _validation_split(self, X_t: torch.Tensor, y_t: torch.Tensor):
+        """``((X, y) for the network and curvature, (X, y) held out or None)``."""
+        if self.validation_fraction == 0:
             return (X_t, y_t), None
-        y_np = y_t.cpu().numpy()
-        fit_idx, valid_idx = train_test_split(
-            np.arange(len(y_np)), test_size=_CV_FRACTION, stratify=_stratify_or_none(y_np), random_state=self._seed
-        )
+        fit_idx, valid_idx = holdout_split(y_t.cpu().numpy(), self.validation_fraction, self._seed)
+        if len(valid_idx) == 0:
+            return (X_t, y_t), None
         fit_idx, valid_idx = (torch.as_tensor(i, device=X_t.device) for i in (fit_idx, valid_idx))
         return (X_t[fit_idx], y_t[fit_idx]), (X_t[valid_idx], y_t[valid_idx])
 
+    def _check_benefit(self, model: LinearizedModel, validation) -> dict | None:
+        """Posterior predictive vs the MAP network on the validation split; warn when no better."""
+        if validation is None:
+            return None
+        X_valid, y_valid = validation
+        inputs = model.inputs(X_valid, self.batch_size)
+        laplace = self._proba_tensor(model, self.curvature_, inputs, self.prior_precision_).double().cpu().numpy()
+        dtype = next(self.module_.parameters()).dtype
+        map_proba = predict_batched(lambda xb: self.module_(xb.to(dtype)).softmax(-1), X_valid, self.batch_size)
+        y_np = y_valid.cpu().numpy()
+        found = {
+            "laplace": scores(y_np, laplace / laplace.sum(1, keepdims=True)),
+            "map": scores(y_np, map_proba.double().cpu().numpy()),
+        }
+        advice = (
+            "The posterior predictive does not improve on the trained network here; use map_proba, "
+            "or try another parameterization / subset_of_weights."
+            if self.prior_precision == "cv"
+            else "Use prior_precision='cv' to pick the prior on held-out data, or map_proba."
+        )
+        warn_if_no_benefit("ConnectivityLaplaceClassifier", "laplace", "map", found, advice)
+        return found
+
     def _check_prior_choice(self) -> None:
+        if self.prior_precision == "cv" and self.validation_fraction == 0:
+            raise ValueError("prior_precision='cv' tunes the prior on held-out data: set validation_fraction > 0.")
         if self.prior_precision == "marglik" and self.parameterization == "connectivity":
             raise ValueError(
                 "prior_precision='marglik' is degenerate for parameterization='connectivity': the "
@@ -259,24 +299,32 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
 
     def _trained_module(self, X_t: torch.Tensor, y_t: torch.Tensor) -> nn.Module:
         """A copy of the given trained network, or a network trained here on ``(X, y)``."""
-        self.net_ = None
-        prefit = fitted_module(self.net)
-        if prefit is not None:
-            return copy.deepcopy(prefit).to(self.device_).eval()
-        seeds = seed_from_random_state(self._seed, 2)
-        (self.net_,) = build_member_nets(
-            self.net, input_shape=self.input_shape_, n_classes=len(self.classes_), seeds=seeds[:1], device=self.device_
+        init_seed, train_seed = seed_from_random_state(self._seed, 2)
+
+        def train(net):
+            train_members(
+                [net.module_],
+                (X_t, y_t),
+                train_spec_from_net(self.net, n_samples=len(X_t)),
+                seeds=[train_seed],
+                strategy="sequential",
+                verbose=self.verbose,
+                desc="MAP network",
+            )
+
+        module, self.net_, _ = fitted_or_trained(
+            self.net,
+            input_shape=self.input_shape_,
+            n_classes=len(self.classes_),
+            init_seed=init_seed,
+            device=self.device_,
+            train=train,
         )
-        train_members(
-            [self.net_.module_],
-            (X_t, y_t),
-            train_spec_from_net(self.net, n_samples=len(X_t)),
-            seeds=seeds[1:],
-            strategy="sequential",
-            verbose=self.verbose,
-            desc="MAP network",
-        )
-        return self.net_.module_.eval()
+        return module
+
+    def __sklearn_clone__(self):
+        warn_if_clone_unfits(self.net, type(self).__name__)
+        return super().__sklearn_clone__()
 
     def _check_outputs(self, X_t: torch.Tensor) -> None:
         dtype = next(self.module_.parameters()).dtype
@@ -335,14 +383,24 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
             losses.append(-float(proba.log().gather(1, y_valid[:, None].to(proba.device)).mean()))
         return float(10.0 ** _CV_GRID[int(np.argmin(losses))])
 
-    def _expose_posterior(self) -> None:
-        self.posterior_precision_ = self.posterior_eigenvectors_ = self.posterior_samples_ = None
+    # The posterior in the estimator's own form, read from ``curvature_`` (one copy in memory and
+    # in a pickle; issue 19: a stored copy of H + delta I made a pickle 26.7 MB where 20.0 MB is one).
+    @property
+    def posterior_precision_(self) -> np.ndarray | None:
+        check_is_fitted(self, "curvature_")
         if self.hessian_structure == "rto":
-            self.posterior_samples_ = self.curvature_.samples(self.prior_precision_).cpu().numpy()
-            return
-        self.posterior_precision_ = self.curvature_.posterior_precision(self.prior_precision_).cpu().numpy()
-        if self.hessian_structure == "lowrank":
-            self.posterior_eigenvectors_ = self.curvature_.eigenvectors.cpu().numpy()
+            return None
+        return self.curvature_.posterior_precision(self.prior_precision_).cpu().numpy()
+
+    @property
+    def posterior_eigenvectors_(self) -> np.ndarray | None:
+        check_is_fitted(self, "curvature_")
+        return self.curvature_.eigenvectors.cpu().numpy() if self.hessian_structure == "lowrank" else None
+
+    @property
+    def posterior_samples_(self) -> np.ndarray | None:
+        check_is_fitted(self, "curvature_")
+        return self.curvature_.samples(self.prior_precision_).cpu().numpy() if self.hessian_structure == "rto" else None
 
     # -- prediction ---------------------------------------------------------------------------
     def _proba_tensor(
@@ -391,12 +449,3 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
         dtype = next(self.module_.parameters()).dtype
         proba = predict_batched(lambda xb: self.module_(xb.to(dtype)).softmax(-1), X_t, batch_size=self.batch_size)
         return proba.double().cpu().numpy()
-
-
-def _stratify_or_none(y: np.ndarray) -> np.ndarray | None:
-    """Stratify the validation split when every class can appear on both sides."""
-    counts = np.bincount(y)
-    n_valid = math.ceil(_CV_FRACTION * len(y))
-    if counts[counts > 0].min() >= 2 and n_valid >= len(counts[counts > 0]):
-        return y
-    return None
