@@ -121,8 +121,12 @@ def fit_and_score(data, divergence, n_per_class, seed, device, params, protocols
     X_tr, y_tr, X_te, y_te, extra = data
     torch.set_num_threads(1)
     est = PseudocoresetSynthesizer(
-        divergence=divergence, n_per_class=n_per_class, device=device, random_state=seed,
-        **extra, **params,
+        divergence=divergence,
+        n_per_class=n_per_class,
+        device=device,
+        random_state=seed,
+        **extra,
+        **params,
     )
     _, seconds = timed(est.fit, X_tr, y_tr)
     scores = evaluate_proba(y_te, est.predict_proba(X_te), classes=est.classes_)
@@ -157,8 +161,17 @@ def distill_scores(est, module, X_te, y_te, seed) -> dict:
     seeds = seed_from_random_state(1000 + seed, DISTILL_SEEDS)
     starts = torch.stack([fresh_parameters(model.module, model, s) for s in seeds])
     thetas = sample_posterior(
-        "ensemble", model, starts, coreset, targets, n_samples=DISTILL_SEEDS, steps=DISTILL_STEPS, lr=DISTILL_LR,
-        temperature=0.0, n_represented=len(coreset), weight_decay=5e-4,
+        "ensemble",
+        model,
+        starts,
+        coreset,
+        targets,
+        n_samples=DISTILL_SEEDS,
+        steps=DISTILL_STEPS,
+        lr=DISTILL_LR,
+        temperature=0.0,
+        n_represented=len(coreset),
+        weight_decay=5e-4,
         generator=torch.Generator().manual_seed(seed),
     )
     with torch.no_grad():
@@ -196,8 +209,10 @@ def accuracy_table(args) -> list[dict]:
 
 def summarise(rows: list[dict]) -> list[dict]:
     out = []
-    keys = sorted({(r["dataset"], r["n_per_class"], r["divergence"]) for r in rows},
-                  key=lambda k: (k[0], k[1], DIVERGENCE_ORDER.index(k[2])))
+    keys = sorted(
+        {(r["dataset"], r["n_per_class"], r["divergence"]) for r in rows},
+        key=lambda k: (k[0], k[1], DIVERGENCE_ORDER.index(k[2])),
+    )
     for dataset, npc, div in keys:
         group = [r for r in rows if (r["dataset"], r["n_per_class"], r["divergence"]) == (dataset, npc, div)]
         summary = {"dataset": dataset, "n_per_class": npc, "divergence": div, "n_seeds": len(group)}
@@ -211,8 +226,12 @@ def summarise(rows: list[dict]) -> list[dict]:
     # Improvement over a random real subset of the same size under the same protocol.
     for summary in out:
         random = next(
-            (r for r in out if (r["dataset"], r["n_per_class"], r["divergence"])
-             == (summary["dataset"], summary["n_per_class"], "random")),
+            (
+                r
+                for r in out
+                if (r["dataset"], r["n_per_class"], r["divergence"])
+                == (summary["dataset"], summary["n_per_class"], "random")
+            ),
             None,
         )
         if random is None:
@@ -226,8 +245,17 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 _SUMMARY_METRICS = (
-    "accuracy", "nll", "ece", "fit_seconds", "synthesis_seconds", "experts_seconds", "peak_memory_mib",
-    "distill_accuracy", "distill_nll", "transfer_accuracy", "transfer_nll",
+    "accuracy",
+    "nll",
+    "ece",
+    "fit_seconds",
+    "synthesis_seconds",
+    "experts_seconds",
+    "peak_memory_mib",
+    "distill_accuracy",
+    "distill_nll",
+    "transfer_accuracy",
+    "transfer_nll",
 )
 
 
@@ -257,9 +285,18 @@ def markdown_table(summary: list[dict]) -> str:
 # -- step speed vs K -----------------------------------------------------------------------------
 def _problem(model, trajectories, X_real, y_real, inner_steps, n_samples, seed=0):
     return SynthesisProblem(
-        model=model, trajectories=trajectories, X_real=X_real, y_real=y_real, n_classes=10,
-        inner_steps=inner_steps, inner_lr=0.01, target_epochs=2, max_start_epoch=2,
-        n_samples=n_samples, noise_scale=0.01, n_measurement=256,
+        model=model,
+        trajectories=trajectories,
+        X_real=X_real,
+        y_real=y_real,
+        n_classes=10,
+        inner_steps=inner_steps,
+        inner_lr=0.01,
+        target_epochs=2,
+        max_start_epoch=2,
+        n_samples=n_samples,
+        noise_scale=0.01,
+        n_measurement=256,
         generator=torch.Generator(device=X_real.device).manual_seed(seed),
     )
 
@@ -309,8 +346,13 @@ def step_speed(args) -> list[dict]:
             else:  # the memory probe's allocator setting slows CPU steps: time them apart
                 row = _time_steps(*inputs, args.timed_steps)
                 row["peak_memory_mib"] = measure(_time_steps, *inputs, 1, device=args.device)["peak_memory_mib"]
-            row.update(method=method, inner_steps=K, convnet_width=width, samples_per_side=4,
-                       coreset="10 classes x 10 of 3x32x32")
+            row.update(
+                method=method,
+                inner_steps=K,
+                convnet_width=width,
+                samples_per_side=4,
+                coreset="10 classes x 10 of 3x32x32",
+            )
             print(row, flush=True)
             rows.append(row)
     return rows
@@ -373,7 +415,10 @@ def main():
     parser.add_argument("--datasets", nargs="+", default=["digits"])
     parser.add_argument("--n-per-class", nargs="+", type=int, default=[1, 10, 50])
     parser.add_argument(
-        "--divergences", nargs="+", choices=DIVERGENCE_ORDER, default=DIVERGENCE_ORDER,
+        "--divergences",
+        nargs="+",
+        choices=DIVERGENCE_ORDER,
+        default=DIVERGENCE_ORDER,
         help="divergences of the accuracy table, run in the table's order (default: all)",
     )
     parser.add_argument("--seeds", type=int, default=2)
@@ -384,11 +429,15 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--inner-lr", type=float, default=None, help="the synthesizer's inner_lr (default: its own)")
     parser.add_argument(
-        "--divergence-samples", type=int, default=None,
+        "--divergence-samples",
+        type=int,
+        default=None,
         help="the synthesizer's n_divergence_samples (default: its own)",
     )
     parser.add_argument(
-        "--n-measurement", type=int, default=None,
+        "--n-measurement",
+        type=int,
+        default=None,
         help="the synthesizer's n_measurement (default: its own)",
     )
     parser.add_argument("--inner-steps", nargs="+", type=int, default=[20, 50])
@@ -397,7 +446,8 @@ def main():
     parser.add_argument("--timed-steps", type=int, default=5)
     parser.add_argument("--steps-only", action="store_true")
     parser.add_argument(
-        "--no-protocols", action="store_true",
+        "--no-protocols",
+        action="store_true",
         help="BMA only (skip the dataset-distillation and cross-architecture protocols)",
     )
     parser.add_argument("--table-only", action="store_true")
@@ -414,7 +464,9 @@ def main():
     if not args.table_only:
         results["step_speed"] = step_speed(args)
     write_results(
-        args.name, results, device=args.device,
+        args.name,
+        results,
+        device=args.device,
         notes="BMA over the coreset posterior (SGHMC, 8 samples; 'variational': their features with the "
         "closed-form last-layer Gaussian predictive); distill_*: dataset-distillation protocol, "
         f"{DISTILL_SEEDS} networks trained from scratch on the coreset ({DISTILL_STEPS} full-batch steps), "
