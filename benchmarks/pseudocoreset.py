@@ -31,9 +31,14 @@ from skpcoreset.metrics import evaluate_proba
 from skpcoreset.nets import MLP, ConvNet
 from skpcoreset.pseudocoreset import PseudocoresetSynthesizer
 from skpcoreset.pseudocoreset._divergences import DIVERGENCES, SynthesisProblem
-from skpcoreset.pseudocoreset._functional import FlatModel
+from skpcoreset.pseudocoreset._functional import FlatModel, inner_sgd
 from skpcoreset.pseudocoreset._samplers import sample_posterior
-from skpcoreset.pseudocoreset._variational import fresh_parameters
+from skpcoreset.pseudocoreset._variational import (
+    LastLayerPosterior,
+    fresh_parameters,
+    last_layer_features,
+    negative_elbo,
+)
 
 DIVERGENCE_ORDER = ["random", "reverse_kl", "wasserstein", "forward_kl", "function_space", "variational"]
 
@@ -339,7 +344,7 @@ def step_speed(args) -> list[dict]:
     targets = torch.nn.functional.one_hot(labels, 10).float()
     rows = []
     for K in args.inner_steps:
-        for method in ("forward_kl", "wasserstein", "naive_forward_kl"):
+        for method in ("forward_kl", "wasserstein", "variational", "naive_forward_kl"):
             inputs = (module, model, trajectories, X_real, y_real, labels, targets, K, method)
             if device.type == "cuda":
                 row = measure(_time_steps, *inputs, args.timed_steps, device=args.device)
@@ -358,6 +363,18 @@ def step_speed(args) -> list[dict]:
     return rows
 
 
+def variational_step(model, theta, coreset, targets, X_real, y_real, K, optimizer):
+    """One step of the variational synthesis: closed-form last-layer posterior, ELBO on 256 real
+    points, back-propagation to the coreset, then K detached SGD steps of the pool member."""
+    phi = last_layer_features(model, theta, torch.cat([coreset, X_real]))
+    q = LastLayerPosterior(phi[: len(coreset)], 3 * targets, 1.0 * len(X_real) / len(coreset), 1.0)
+    loss = negative_elbo(q, phi[len(coreset) :], y_real, len(X_real))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    inner_sgd(model, theta, coreset.detach(), targets, steps=K, lr=0.01, differentiable=False)
+
+
 def _time_steps(module, model, trajectories, X_real, y_real, labels, targets, K, method, n_steps):
     torch.set_num_threads(1)
     coreset = torch.rand(100, 3, 32, 32, device=X_real.device, requires_grad=True)
@@ -368,6 +385,10 @@ def _time_steps(module, model, trajectories, X_real, y_real, labels, targets, K,
     def step():
         if method == "naive_forward_kl":
             return naive_forward_kl_step(module, trajectories, coreset, labels, optimizer, K, 4, gen)
+        if method == "variational":
+            return variational_step(
+                model, trajectories[0, 0], coreset, targets, X_real[:256], y_real[:256], K, optimizer
+            )
         loss = DIVERGENCES[method](problem, coreset, targets)
         optimizer.zero_grad()
         loss.backward()
