@@ -23,7 +23,15 @@ from benchmarks._common import timed, write_results
 from skpcoreset import make_net
 from skpcoreset.pseudocoreset import PosteriorSampler, PseudocoresetSynthesizer, continual_replay
 
-MEMORIES = ("none", "random", "forward_kl", "variational", "variational_cumulative", "random_cumulative")
+MEMORIES = (
+    "none",
+    "random",
+    "forward_kl",
+    "variational",
+    "variational_cumulative",
+    "variational_conditioned",
+    "random_cumulative",
+)
 
 
 def split_tasks(X, y):
@@ -33,7 +41,7 @@ def split_tasks(X, y):
 def memory_builder(kind: str, n_per_class: int, seed: int):
     if kind == "none":
         return lambda X, y, t: (X[:0], y[:0])
-    divergence = kind.removesuffix("_cumulative")
+    divergence = kind.removesuffix("_cumulative").removesuffix("_conditioned")
     synthesis = dict(
         n_per_class=n_per_class,
         n_experts=2,
@@ -81,7 +89,7 @@ def main():
                     net=net,
                     scenario=args.scenarios,
                     random_state=seed,
-                    memory="cumulative" if kind.endswith("_cumulative") else "per_task",
+                    memory=kind.split("_")[-1] if kind.endswith(("_cumulative", "_conditioned")) else "per_task",
                 )
                 for scenario, accuracy in accuracies.items():
                     finals[scenario].append(float(np.nanmean(accuracy[-1])))

@@ -126,6 +126,25 @@ def test_cumulative_memory_is_rebuilt_over_every_class_seen(split):
         continual_replay(tasks, tests, make_memory, net=net, memory="reservoir")
 
 
+def test_conditioned_memory_adds_the_new_classes_and_keeps_the_old_rows(split):
+    X_train, y_train, X_test, y_test = split
+    tasks, tests = _tasks(X_train, y_train)[:3], _tasks(X_test, y_test)[:3]
+    net = make_net(max_epochs=2, lr=1e-3, batch_size=32, module__hidden_sizes=(16,))
+    calls = []
+
+    def make_memory(X, y, t):  # 2 rows per class, old classes' rows perturbed (to be discarded)
+        calls.append((X.copy(), y.copy()))
+        rows = np.concatenate([np.flatnonzero(y == c)[:2] for c in np.unique(y)])
+        old = ~np.isin(y[rows], tasks[t][1])
+        return X[rows] + old[:, None] * 100.0, y[rows]
+
+    continual_replay(tasks, tests, make_memory, net=net, random_state=0, memory="conditioned")
+    assert [sorted(np.unique(y).tolist()) for _, y in calls] == [[0, 1], [0, 1, 2, 3], [0, 1, 2, 3, 4, 5]]
+    # task 2 saw the memory of tasks 0 and 1 unchanged: real rows, never the +100 perturbation
+    X_seen, y_seen = calls[2]
+    assert X_seen[np.isin(y_seen, [0, 1, 2, 3])].max() <= X_train.max()
+
+
 @pytest.mark.parametrize("memory", ["per_task", "cumulative"])
 def test_variational_replay_beats_random_replay_in_both_scenarios(memory, split):
     """Split digits, 1 row per class: benchmarks/continual.py measures the same over 3 seeds."""

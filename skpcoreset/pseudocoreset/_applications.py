@@ -52,9 +52,12 @@ def continual_replay(
         'class' (class-incremental, harder): among every class seen so far, so forgetting
         shows as old classes being predicted as new ones. A sequence evaluates the same run
         under each and returns ``{scenario: accuracy}``.
-    memory : {'per_task', 'cumulative'}, default='per_task'
-        How the memory grows (see above). Both keep ``make_memory``'s rows per class for every
-        class seen, so the memory has the same size either way.
+    memory : {'per_task', 'cumulative', 'conditioned'}, default='per_task'
+        How the memory grows (see above). 'conditioned': ``make_memory`` receives the task and
+        the previous memory as for 'cumulative', but only its rows of the task's own classes are
+        added and the earlier rows are kept as they were (the new rows are synthesised against
+        the old classes, the old rows are not re-synthesised from their own memory). All three
+        keep ``make_memory``'s rows per class for every class seen: the same memory size.
     device : str
     random_state : int, RandomState or None
 
@@ -66,8 +69,8 @@ def continual_replay(
     scenarios = [scenario] if isinstance(scenario, str) else list(scenario)
     if not scenarios or any(s not in ("task", "class") for s in scenarios):
         raise ValueError(f"scenario must be 'task' or 'class' (or a sequence of them); got {scenario!r}.")
-    if memory not in ("per_task", "cumulative"):
-        raise ValueError(f"memory must be 'per_task' or 'cumulative'; got {memory!r}.")
+    if memory not in ("per_task", "cumulative", "conditioned"):
+        raise ValueError(f"memory must be 'per_task', 'cumulative' or 'conditioned'; got {memory!r}.")
     device = resolve_device(device)
     n_classes = n_classes or 1 + max(int(np.max(y)) for _, y in tasks)
     template = make_net(max_epochs=10, lr=1e-3) if net is None else net
@@ -98,6 +101,12 @@ def continual_replay(
             X_mem, y_mem = make_memory(X_all, y_all, t)
             memory_X = np.asarray(X_mem, dtype=np.float32).reshape(-1, *input_shape)
             memory_y = np.asarray(y_mem, dtype=np.int64)
+        elif memory == "conditioned":
+            X_mem, y_mem = make_memory(X_all, y_all, t)
+            keep = np.isin(np.asarray(y_mem), np.unique(y))
+            X_new = np.asarray(X_mem, dtype=np.float32).reshape(-1, *input_shape)[keep]
+            memory_X = np.concatenate([memory_X, X_new])
+            memory_y = np.concatenate([memory_y, np.asarray(y_mem, dtype=np.int64)[keep]])
         else:
             X_mem, y_mem = make_memory(X, y, t)
             memory_X = np.concatenate([memory_X, np.asarray(X_mem, dtype=np.float32).reshape(-1, *input_shape)])
