@@ -863,3 +863,22 @@ def _imblearn_checks():
 @_imblearn_checks()
 def test_variational_passes_imblearn_sampler_checks(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("norm", ["instancenorm", "batchnorm"])
+def test_variational_on_images_predicts_row_by_row(norm, digits_small):
+    X, y = digits_small
+    X = X.reshape(-1, 1, 8, 8).astype(np.float32)
+    net = make_net(ConvNet, module__width=4, module__depth=2, module__norm=norm, lr=0.05)
+    pc = PseudocoresetSynthesizer(
+        "variational",
+        n_per_class=2,
+        net=net,
+        n_iterations=5,
+        inner_steps=2,
+        pool_size=2,
+        posterior=PosteriorSampler(n_samples=2, steps=10),
+        random_state=0,
+    ).fit(X, y)
+    assert pc.coreset_X_.shape == (20, 1, 8, 8)
+    np.testing.assert_allclose(pc.predict_proba(X[:3]), pc.predict_proba(X[:40])[:3], rtol=1e-10, atol=1e-12)
