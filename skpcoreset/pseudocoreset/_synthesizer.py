@@ -143,7 +143,8 @@ class PseudocoresetSynthesizer(
         'variational' (its learned targets and precisions; NLL 0.162 vs 0.188 at 0.01 on digits
         at 10 per class). The value used is ``lr_``.
     inner_steps : int, default=20
-        K: SGD steps on the coreset from the expert start.
+        K: SGD steps on the coreset from the expert start ('variational': the steps a drawn
+        pool member trains on the coreset after each iteration).
     inner_lr : float or 'auto', default='auto'
         Step size of those SGD steps. 'auto': twice the experts' learning rate when they train
         with SGD (as the papers' experts do), 0.1 otherwise. The inner steps must move the
@@ -160,8 +161,9 @@ class PseudocoresetSynthesizer(
         sigma of the Gaussian approximations N(theta, sigma^2 I).
     n_measurement : int or 'auto', default='auto'
         Real points per step: the reverse-KL likelihood batch, the function-space measurement
-        inputs (unused by the other divergences). 'auto': the papers' sizes, 1000 for
-        reverse KL (Kim et al. 2022 code) and 256 for function space (Kim, Lee, Lee 2023).
+        inputs, the variational ELBO minibatch (unused by the other divergences). 'auto': the
+        papers' sizes, 1000 for reverse KL (Kim et al. 2022 code) and 256 for function space
+        (Kim, Lee, Lee 2023); 256 for variational (our choice).
     learn_labels : bool or 'auto', default='auto'
         Also learn soft labels (logits per coreset row). 'auto': True for 'variational' (its
         Gaussian likelihood regresses on real-valued labels, which it learns, as VBPC does),
