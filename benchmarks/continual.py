@@ -4,8 +4,10 @@
 
 Digits (70/30 split, stratified) in five two-class tasks are learned in order by one MLP
 (64 hidden, Adam 1e-3, 10 epochs per task). After each task a memory of ``n`` rows per class
-is kept: a forward-KL pseudocoreset of that task, or a random subset. Reported: the mean test
-accuracy over all five tasks after the last one, per seed.
+is kept: a forward-KL or variational pseudocoreset of that task, a random subset, or (the
+``*_cumulative`` memories) one coreset over every class seen so far, synthesised on the task
+plus the previous memory, that replaces the memory (the same size). Each run is scored in both
+scenarios at once. Reported: the mean test accuracy over all five tasks after the last one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ from benchmarks._common import timed, write_results
 from skpcoreset import make_net
 from skpcoreset.pseudocoreset import PosteriorSampler, PseudocoresetSynthesizer, continual_replay
 
-MEMORIES = ("none", "random", "forward_kl")
+MEMORIES = (
+    "none",
+    "random",
+    "forward_kl",
+    "variational",
+    "variational_cumulative",
+    "variational_conditioned",
+    "random_cumulative",
+)
 
 
 def split_tasks(X, y):
@@ -31,12 +41,25 @@ def split_tasks(X, y):
 def memory_builder(kind: str, n_per_class: int, seed: int):
     if kind == "none":
         return lambda X, y, t: (X[:0], y[:0])
+    divergence = kind.removesuffix("_cumulative").removesuffix("_conditioned")
     synthesis = dict(
-        n_per_class=n_per_class, n_experts=2, expert_epochs=10, n_iterations=100,
+        n_per_class=n_per_class,
+        n_experts=2,
+        expert_epochs=10,
+        n_iterations=100,
         posterior=PosteriorSampler(n_samples=1, steps=1),  # fit_resample needs only the coreset
     )
+    if divergence == "random" and kind.endswith("_cumulative"):
+        # a random subset of the tiled memory would repeat rows: keep the old memory's distinct
+        # rows (n per old class) and draw n new rows per new class
+        def random_cumulative(X, y, t):
+            new = PseudocoresetSynthesizer("random", random_state=10 * seed + t, **synthesis)
+            X_u, index = np.unique(X, axis=0, return_index=True)
+            return new.fit_resample(X_u, y[index])
+
+        return random_cumulative
     return lambda X, y, t: PseudocoresetSynthesizer(
-        divergence=kind, random_state=10 * seed + t, **synthesis
+        divergence=divergence, random_state=10 * seed + t, **synthesis
     ).fit_resample(X, y)
 
 
@@ -45,33 +68,57 @@ def main():
     parser.add_argument("--scenarios", nargs="+", default=["task", "class"])
     parser.add_argument("--n-per-class", nargs="+", type=int, default=[1, 5])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--memories", nargs="+", default=list(MEMORIES), choices=MEMORIES)
+    parser.add_argument("--name", default="continual_digits")
     args = parser.parse_args()
     torch.set_num_threads(1)
     X, y = load_digits(return_X_y=True)
-    X_tr, X_te, y_tr, y_te = train_test_split(
-        (X / 16).astype(np.float32), y, test_size=0.3, random_state=0, stratify=y
-    )
+    X_tr, X_te, y_tr, y_te = train_test_split((X / 16).astype(np.float32), y, test_size=0.3, random_state=0, stratify=y)
     tasks, test_tasks = split_tasks(X_tr, y_tr), split_tasks(X_te, y_te)
     net = make_net(max_epochs=10, lr=1e-3, batch_size=32, module__hidden_sizes=(64,))
     rows, summary = [], []
-    for scenario in args.scenarios:
-        for n_per_class in args.n_per_class:
-            for kind in MEMORIES:
-                finals = []
-                for seed in range(args.seeds):
-                    accuracy, seconds = timed(
-                        continual_replay, tasks, test_tasks, memory_builder(kind, n_per_class, seed),
-                        net=net, scenario=scenario, random_state=seed,
+    for n_per_class in args.n_per_class:
+        for kind in args.memories:
+            finals = {scenario: [] for scenario in args.scenarios}
+            for seed in range(args.seeds):
+                accuracies, seconds = timed(
+                    continual_replay,
+                    tasks,
+                    test_tasks,
+                    memory_builder(kind, n_per_class, seed),
+                    net=net,
+                    scenario=args.scenarios,
+                    random_state=seed,
+                    memory=kind.split("_")[-1] if kind.endswith(("_cumulative", "_conditioned")) else "per_task",
+                )
+                for scenario, accuracy in accuracies.items():
+                    finals[scenario].append(float(np.nanmean(accuracy[-1])))
+                    rows.append(
+                        dict(
+                            scenario=scenario,
+                            n_per_class=n_per_class,
+                            memory=kind,
+                            seed=seed,
+                            final_mean_accuracy=finals[scenario][-1],
+                            seconds=seconds,
+                            accuracy_matrix=accuracy.tolist(),
+                        )
                     )
-                    finals.append(float(np.nanmean(accuracy[-1])))
-                    rows.append(dict(scenario=scenario, n_per_class=n_per_class, memory=kind, seed=seed,
-                                     final_mean_accuracy=finals[-1], seconds=seconds,
-                                     accuracy_matrix=accuracy.tolist()))
-                summary.append(dict(scenario=scenario, n_per_class=n_per_class, memory=kind,
-                                    mean=float(np.mean(finals)), std=float(np.std(finals))))
+            for scenario, values in finals.items():
+                summary.append(
+                    dict(
+                        scenario=scenario,
+                        n_per_class=n_per_class,
+                        memory=kind,
+                        mean=float(np.mean(values)),
+                        std=float(np.std(values)),
+                        per_seed=values,
+                    )
+                )
                 print(summary[-1], flush=True)
     write_results(
-        "continual_digits", {"summary": summary, "runs": rows},
+        args.name,
+        {"summary": summary, "runs": rows},
         notes="Split digits, 5 two-class tasks, one MLP head over 10 classes; memory n rows per class "
         "per task, replayed (tiled to the task's size) with every later task. 'task': each test task "
         "predicted among its own classes; 'class': among all classes seen so far.",

@@ -25,14 +25,31 @@ from sklearn.model_selection import train_test_split
 
 from benchmarks._common import timed, write_results
 from skpcoreset import make_net
+from skpcoreset._base import seed_from_random_state
 from skpcoreset.datasets import find_data_file, load_npz_images
 from skpcoreset.metrics import evaluate_proba
-from skpcoreset.nets import ConvNet
+from skpcoreset.nets import MLP, ConvNet
 from skpcoreset.pseudocoreset import PseudocoresetSynthesizer
 from skpcoreset.pseudocoreset._divergences import DIVERGENCES, SynthesisProblem
-from skpcoreset.pseudocoreset._functional import FlatModel
+from skpcoreset.pseudocoreset._functional import FlatModel, inner_sgd
+from skpcoreset.pseudocoreset._samplers import sample_posterior
+from skpcoreset.pseudocoreset._variational import (
+    LastLayerPosterior,
+    fresh_parameters,
+    last_layer_features,
+    negative_elbo,
+)
 
-DIVERGENCE_ORDER = ["random", "reverse_kl", "wasserstein", "forward_kl", "function_space"]
+DIVERGENCE_ORDER = ["random", "reverse_kl", "wasserstein", "forward_kl", "function_space", "variational"]
+
+# The dataset-distillation protocol: networks trained from scratch on the coreset alone (MAP,
+# full batch, SGD momentum 0.9 with cosine decay, weight decay 5e-4), each scored on its own and
+# the scores averaged over the seeds; the transfer network is another architecture than the one
+# the coreset was synthesised with.
+DISTILL_SEEDS = 3
+DISTILL_STEPS = 300
+DISTILL_LR = 0.05
+TRANSFER_HIDDEN = (256, 256)
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -105,17 +122,67 @@ def measure(fn, *args, device: str) -> dict:
 
 
 # -- accuracy table ------------------------------------------------------------------------------
-def fit_and_score(data, divergence, n_per_class, seed, device, params) -> dict:
+def fit_and_score(data, divergence, n_per_class, seed, device, params, protocols=True) -> dict:
     X_tr, y_tr, X_te, y_te, extra = data
     torch.set_num_threads(1)
     est = PseudocoresetSynthesizer(
-        divergence=divergence, n_per_class=n_per_class, device=device, random_state=seed,
-        **extra, **params,
+        divergence=divergence,
+        n_per_class=n_per_class,
+        device=device,
+        random_state=seed,
+        **extra,
+        **params,
     )
     _, seconds = timed(est.fit, X_tr, y_tr)
     scores = evaluate_proba(y_te, est.predict_proba(X_te), classes=est.classes_)
     phases = {f"{phase}_seconds": value for phase, value in est.fit_seconds_.items()}
-    return {"fit_seconds": seconds, **phases, **{k: float(v) for k, v in scores.items()}}
+    out = {"fit_seconds": seconds, **phases, **{k: float(v) for k, v in scores.items()}}
+    if protocols:
+        out.update(_prefixed("distill", distill_scores(est, est.module_, X_te, y_te, seed)))
+        transfer = _transfer_module(est)
+        if transfer is not None:
+            out.update(_prefixed("transfer", distill_scores(est, transfer, X_te, y_te, seed)))
+    return out
+
+
+def _prefixed(prefix, scores):
+    return {f"{prefix}_{k}": v for k, v in scores.items()}
+
+
+def _transfer_module(est):
+    """Another architecture than the synthesiser's: a two-layer MLP of 256 units (flat inputs)."""
+    if len(est.input_shape_) != 1:
+        return None
+    return MLP(est.input_shape_, len(est.classes_), hidden_sizes=TRANSFER_HIDDEN)
+
+
+def distill_scores(est, module, X_te, y_te, seed) -> dict:
+    """Dataset-distillation protocol: ``DISTILL_SEEDS`` networks of ``module``'s architecture
+    trained from scratch on the coreset (its soft labels), each scored alone, scores averaged."""
+    model = FlatModel(module.double())
+    coreset = torch.as_tensor(est.coreset_X_, dtype=torch.float64)
+    targets = torch.as_tensor(est.coreset_label_proba_, dtype=torch.float64)
+    X_test = torch.as_tensor(np.asarray(X_te).reshape(len(X_te), *est.input_shape_), dtype=torch.float64)
+    seeds = seed_from_random_state(1000 + seed, DISTILL_SEEDS)
+    starts = torch.stack([fresh_parameters(model.module, model, s) for s in seeds])
+    thetas = sample_posterior(
+        "ensemble",
+        model,
+        starts,
+        coreset,
+        targets,
+        n_samples=DISTILL_SEEDS,
+        steps=DISTILL_STEPS,
+        lr=DISTILL_LR,
+        temperature=0.0,
+        n_represented=len(coreset),
+        weight_decay=5e-4,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    with torch.no_grad():
+        probas = model.batched(thetas, X_test).softmax(-1).numpy()
+    per_net = [evaluate_proba(y_te, p, classes=est.classes_) for p in probas]
+    return {k: float(np.mean([s[k] for s in per_net])) for k in ("accuracy", "nll")}
 
 
 # command-line option -> PseudocoresetSynthesizer parameter, passed only when given
@@ -137,7 +204,7 @@ def accuracy_table(args) -> list[dict]:
             for divergence in args.divergences:
                 for seed in range(args.first_seed, args.first_seed + args.seeds):
                     params = {"n_iterations": args.iterations, **_synthesizer_overrides(args)}
-                    job = (data, divergence, n_per_class, seed, args.device, params)
+                    job = (data, divergence, n_per_class, seed, args.device, params, not args.no_protocols)
                     row = measure(fit_and_score, *job, device=args.device)
                     row.update(dataset=name, n_per_class=n_per_class, divergence=divergence, seed=seed)
                     print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
@@ -147,25 +214,94 @@ def accuracy_table(args) -> list[dict]:
 
 def summarise(rows: list[dict]) -> list[dict]:
     out = []
-    keys = sorted({(r["dataset"], r["n_per_class"], r["divergence"]) for r in rows},
-                  key=lambda k: (k[0], k[1], DIVERGENCE_ORDER.index(k[2])))
+    keys = sorted(
+        {(r["dataset"], r["n_per_class"], r["divergence"]) for r in rows},
+        key=lambda k: (k[0], k[1], DIVERGENCE_ORDER.index(k[2])),
+    )
     for dataset, npc, div in keys:
         group = [r for r in rows if (r["dataset"], r["n_per_class"], r["divergence"]) == (dataset, npc, div)]
         summary = {"dataset": dataset, "n_per_class": npc, "divergence": div, "n_seeds": len(group)}
-        for metric in ("accuracy", "nll", "ece", "fit_seconds", "synthesis_seconds", "peak_memory_mib"):
+        for metric in _SUMMARY_METRICS:
             values = [r[metric] for r in group if metric in r]
+            if not values:
+                continue
             summary[metric] = float(np.mean(values))
             summary[f"{metric}_std"] = float(np.std(values))
         out.append(summary)
+    # Improvement over a random real subset of the same size under the same protocol.
+    for summary in out:
+        random = next(
+            (
+                r
+                for r in out
+                if (r["dataset"], r["n_per_class"], r["divergence"])
+                == (summary["dataset"], summary["n_per_class"], "random")
+            ),
+            None,
+        )
+        if random is None:
+            continue
+        for protocol in ("", "distill_", "transfer_"):
+            for metric in ("accuracy", "nll"):
+                key = f"{protocol}{metric}"
+                if key in summary and key in random:
+                    summary[f"{key}_over_random"] = summary[key] - random[key]
     return out
+
+
+_SUMMARY_METRICS = (
+    "accuracy",
+    "nll",
+    "ece",
+    "fit_seconds",
+    "synthesis_seconds",
+    "experts_seconds",
+    "peak_memory_mib",
+    "distill_accuracy",
+    "distill_nll",
+    "transfer_accuracy",
+    "transfer_nll",
+)
+
+
+def _cell(row, key):
+    if key not in row:
+        return "-"
+    delta = row.get(f"{key}_over_random")
+    return f"{row[key]:.3f}" + ("" if delta is None or row["divergence"] == "random" else f" ({delta:+.3f})")
+
+
+def markdown_table(summary: list[dict]) -> str:
+    """All protocols in one table (means over seeds; deltas against the random subset)."""
+    header = (
+        "| dataset | per class | divergence | BMA acc | BMA NLL | distill acc (vs random) | "
+        "transfer acc (vs random) | synthesis s | experts s | peak MiB |"
+    )
+    lines = [header, "|" + "---|" * 10]
+    for r in summary:
+        lines.append(
+            f"| {r['dataset']} | {r['n_per_class']} | {r['divergence']} | {r['accuracy']:.3f} | {r['nll']:.3f} | "
+            f"{_cell(r, 'distill_accuracy')} | {_cell(r, 'transfer_accuracy')} | {r.get('synthesis_seconds', 0):.1f} | "
+            f"{r.get('experts_seconds', 0):.1f} | {r.get('peak_memory_mib', float('nan')):.0f} |"
+        )
+    return "\n".join(lines)
 
 
 # -- step speed vs K -----------------------------------------------------------------------------
 def _problem(model, trajectories, X_real, y_real, inner_steps, n_samples, seed=0):
     return SynthesisProblem(
-        model=model, trajectories=trajectories, X_real=X_real, y_real=y_real, n_classes=10,
-        inner_steps=inner_steps, inner_lr=0.01, target_epochs=2, max_start_epoch=2,
-        n_samples=n_samples, noise_scale=0.01, n_measurement=256,
+        model=model,
+        trajectories=trajectories,
+        X_real=X_real,
+        y_real=y_real,
+        n_classes=10,
+        inner_steps=inner_steps,
+        inner_lr=0.01,
+        target_epochs=2,
+        max_start_epoch=2,
+        n_samples=n_samples,
+        noise_scale=0.01,
+        n_measurement=256,
         generator=torch.Generator(device=X_real.device).manual_seed(seed),
     )
 
@@ -208,18 +344,35 @@ def step_speed(args) -> list[dict]:
     targets = torch.nn.functional.one_hot(labels, 10).float()
     rows = []
     for K in args.inner_steps:
-        for method in ("forward_kl", "wasserstein", "naive_forward_kl"):
+        for method in ("forward_kl", "wasserstein", "variational", "naive_forward_kl"):
             inputs = (module, model, trajectories, X_real, y_real, labels, targets, K, method)
             if device.type == "cuda":
                 row = measure(_time_steps, *inputs, args.timed_steps, device=args.device)
             else:  # the memory probe's allocator setting slows CPU steps: time them apart
                 row = _time_steps(*inputs, args.timed_steps)
                 row["peak_memory_mib"] = measure(_time_steps, *inputs, 1, device=args.device)["peak_memory_mib"]
-            row.update(method=method, inner_steps=K, convnet_width=width, samples_per_side=4,
-                       coreset="10 classes x 10 of 3x32x32")
+            row.update(
+                method=method,
+                inner_steps=K,
+                convnet_width=width,
+                samples_per_side=4,
+                coreset="10 classes x 10 of 3x32x32",
+            )
             print(row, flush=True)
             rows.append(row)
     return rows
+
+
+def variational_step(model, theta, coreset, targets, X_real, y_real, K, optimizer):
+    """One step of the variational synthesis: closed-form last-layer posterior, ELBO on 256 real
+    points, back-propagation to the coreset, then K detached SGD steps of the pool member."""
+    phi = last_layer_features(model, theta, torch.cat([coreset, X_real]))
+    q = LastLayerPosterior(phi[: len(coreset)], 3 * targets, 1.0 * len(X_real) / len(coreset), 1.0)
+    loss = negative_elbo(q, phi[len(coreset) :], y_real, len(X_real))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    inner_sgd(model, theta, coreset.detach(), targets, steps=K, lr=0.01, differentiable=False)
 
 
 def _time_steps(module, model, trajectories, X_real, y_real, labels, targets, K, method, n_steps):
@@ -232,6 +385,10 @@ def _time_steps(module, model, trajectories, X_real, y_real, labels, targets, K,
     def step():
         if method == "naive_forward_kl":
             return naive_forward_kl_step(module, trajectories, coreset, labels, optimizer, K, 4, gen)
+        if method == "variational":
+            return variational_step(
+                model, trajectories[0, 0], coreset, targets, X_real[:256], y_real[:256], K, optimizer
+            )
         loss = DIVERGENCES[method](problem, coreset, targets)
         optimizer.zero_grad()
         loss.backward()
@@ -279,7 +436,10 @@ def main():
     parser.add_argument("--datasets", nargs="+", default=["digits"])
     parser.add_argument("--n-per-class", nargs="+", type=int, default=[1, 10, 50])
     parser.add_argument(
-        "--divergences", nargs="+", choices=DIVERGENCE_ORDER, default=DIVERGENCE_ORDER,
+        "--divergences",
+        nargs="+",
+        choices=DIVERGENCE_ORDER,
+        default=DIVERGENCE_ORDER,
         help="divergences of the accuracy table, run in the table's order (default: all)",
     )
     parser.add_argument("--seeds", type=int, default=2)
@@ -290,11 +450,15 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--inner-lr", type=float, default=None, help="the synthesizer's inner_lr (default: its own)")
     parser.add_argument(
-        "--divergence-samples", type=int, default=None,
+        "--divergence-samples",
+        type=int,
+        default=None,
         help="the synthesizer's n_divergence_samples (default: its own)",
     )
     parser.add_argument(
-        "--n-measurement", type=int, default=None,
+        "--n-measurement",
+        type=int,
+        default=None,
         help="the synthesizer's n_measurement (default: its own)",
     )
     parser.add_argument("--inner-steps", nargs="+", type=int, default=[20, 50])
@@ -302,6 +466,11 @@ def main():
     parser.add_argument("--width", type=int, default=128, help="ConvNet width of the CIFAR-10 table")
     parser.add_argument("--timed-steps", type=int, default=5)
     parser.add_argument("--steps-only", action="store_true")
+    parser.add_argument(
+        "--no-protocols",
+        action="store_true",
+        help="BMA only (skip the dataset-distillation and cross-architecture protocols)",
+    )
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--name", default="pseudocoreset")
     args = parser.parse_args()
@@ -312,11 +481,18 @@ def main():
         rows = accuracy_table(args)
         results["runs"] = rows
         results["summary"] = summarise(rows)
+        print(markdown_table(results["summary"]), flush=True)
     if not args.table_only:
         results["step_speed"] = step_speed(args)
     write_results(
-        args.name, results, device=args.device,
-        notes="BMA over the coreset posterior (SGHMC, 8 samples); peak memory in MiB above the "
+        args.name,
+        results,
+        device=args.device,
+        notes="BMA over the coreset posterior (SGHMC, 8 samples; 'variational': their features with the "
+        "closed-form last-layer Gaussian predictive); distill_*: dataset-distillation protocol, "
+        f"{DISTILL_SEEDS} networks trained from scratch on the coreset ({DISTILL_STEPS} full-batch steps), "
+        f"scored alone and averaged; transfer_*: the same with an MLP{TRANSFER_HIDDEN} (flat inputs); "
+        "*_over_random: minus the random subset's value under the same protocol; peak memory in MiB above the "
         "starting level (CUDA: allocator; CPU: RSS high-water mark of a forked child whose glibc "
         "mmap threshold is fixed at 64 KiB, which also slows that child's fit_seconds a little). "
         "step_speed (absent with --table-only): one synthesis step (ConvNet-3 of the given width, 100 coreset images "

@@ -3,12 +3,15 @@ Continual learning with pseudocoreset replay
 ============================================
 
 Digits split into five tasks (0/1, 2/3, ..., 8/9) are learned one after another by a single
-network. After each task a memory of 5 rows per class is kept and replayed with later tasks:
-a forward-KL pseudocoreset of the task, or a random subset of the same size. Without a memory
-the network forgets earlier tasks. Accuracy on each task is measured among that task's classes
-(task-incremental setting). In the class-incremental setting (``scenario='class'``) per-task
-pseudocoresets replay worse than random rows -- they keep only what separates a task's own
-classes; see ``benchmarks/continual.py`` and its results.
+network. After each task a memory of 1 row per class is kept and replayed with later tasks:
+a variational pseudocoreset (``divergence='variational'``) of the task, or a random subset of
+the same size. Without a memory the network forgets earlier tasks. Each run is scored in both
+settings: task-incremental (a task's test rows are predicted among that task's classes) and
+class-incremental (among every class seen so far, where forgetting shows as old classes being
+predicted as new ones). ``memory='conditioned'`` synthesises each task's rows on the task plus
+the earlier memories, so they are also told apart from the old classes. Over 3 seeds
+(``benchmarks/continual.py``) the variational memories beat random replay in both settings at
+1 row per class; forward-KL memories of single tasks lose to random rows class-incrementally.
 """
 
 import os
@@ -41,26 +44,32 @@ def split_tasks(X, y):
 tasks, test_tasks = split_tasks(X_train, y_train), split_tasks(X_test, y_test)
 net = make_net(max_epochs=10, lr=1e-3, batch_size=32, module__hidden_sizes=(64,))
 # fit_resample needs only the coreset: a one-step posterior keeps each synthesis short.
-synthesis = dict(
-    n_per_class=5, n_experts=2, expert_epochs=10, n_iterations=100, posterior=PosteriorSampler(n_samples=1, steps=1)
-)
+synthesis = dict(n_per_class=1, n_iterations=100, posterior=PosteriorSampler(n_samples=1, steps=1))
+
+
+def memory(divergence):
+    return lambda X, y, t: PseudocoresetSynthesizer(divergence, random_state=t, **synthesis).fit_resample(X, y)
+
 
 memories = {
-    "no memory": lambda X, y, t: (X[:0], y[:0]),
-    "random replay": lambda X, y, t: PseudocoresetSynthesizer(
-        divergence="random", random_state=t, **synthesis).fit_resample(X, y),
-    "pseudocoreset replay": lambda X, y, t: PseudocoresetSynthesizer(
-        divergence="forward_kl", random_state=t, **synthesis).fit_resample(X, y),
+    "no memory": (lambda X, y, t: (X[:0], y[:0]), "per_task"),
+    "random replay": (memory("random"), "per_task"),
+    "variational replay": (memory("variational"), "per_task"),
+    "variational, conditioned": (memory("variational"), "conditioned"),
 }
-fig, ax = plt.subplots(figsize=(5, 3.5))
-for name, make_memory in memories.items():
-    accuracy = continual_replay(tasks, test_tasks, make_memory, net=net, random_state=0)
-    average = np.nanmean(accuracy, axis=1)
-    print(f"{name:>21}: mean accuracy over seen tasks after each task {np.round(average, 3)}")
-    ax.plot(range(1, 6), average, marker="o", label=name)
-ax.set_xlabel("tasks learned")
-ax.set_ylabel("mean accuracy on seen tasks")
-ax.legend()
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+for name, (make_memory, kind) in memories.items():
+    accuracy = continual_replay(
+        tasks, test_tasks, make_memory, net=net, random_state=0, memory=kind, scenario=("task", "class")
+    )
+    for ax, (scenario, matrix) in zip(axes, accuracy.items(), strict=True):
+        average = np.nanmean(matrix, axis=1)
+        print(f"{name:>25} ({scenario}-incremental): mean accuracy on seen tasks {np.round(average, 3)}")
+        ax.plot(range(1, 6), average, marker="o", label=name)
+        ax.set_title(f"{scenario}-incremental")
+        ax.set_xlabel("tasks learned")
+axes[0].set_ylabel("mean accuracy on seen tasks")
+axes[1].legend(fontsize=8)
 out = Path(os.environ.get("SKPCORESET_EXAMPLE_OUT", tempfile.gettempdir()))
 out.mkdir(parents=True, exist_ok=True)
 fig.savefig(out / "continual_learning.png", dpi=100, bbox_inches="tight")

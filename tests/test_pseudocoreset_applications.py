@@ -72,7 +72,10 @@ def test_pseudocoreset_of_frozen_features_beats_random_features(split):
     X_train, y_train, X_test, y_test = split
     source = y_train < 5
     module = build_member_nets(
-        make_net(module__hidden_sizes=(64,)), input_shape=(64,), n_classes=5, seeds=[0],
+        make_net(module__hidden_sizes=(64,)),
+        input_shape=(64,),
+        n_classes=5,
+        seeds=[0],
         device=torch.device("cpu"),
     )[0].module_
     Trainer(module, TrainSpec(max_epochs=30, batch_size=64, lr=1e-3), generator=make_generator(0)).fit(
@@ -85,11 +88,87 @@ def test_pseudocoreset_of_frozen_features_beats_random_features(split):
     )
     params = dict(n_per_class=1, n_experts=2, expert_epochs=10, n_iterations=100, posterior=PosteriorSampler(steps=200))
     scores = {
-        divergence: np.mean([
-            PseudocoresetSynthesizer(divergence=divergence, random_state=s, **params)
-            .fit(F_train, y_train[~source]).score(F_test, y_test[y_test >= 5])
-            for s in (0, 1)
-        ])
+        divergence: np.mean(
+            [
+                PseudocoresetSynthesizer(divergence=divergence, random_state=s, **params)
+                .fit(F_train, y_train[~source])
+                .score(F_test, y_test[y_test >= 5])
+                for s in (0, 1)
+            ]
+        )
         for divergence in ("random", "forward_kl")
     }
     assert scores["forward_kl"] > scores["random"] + 0.05, scores
+
+
+def test_cumulative_memory_is_rebuilt_over_every_class_seen(split):
+    """make_memory sees the task plus the previous memory; its result replaces the memory."""
+    X_train, y_train, X_test, y_test = split
+    tasks, tests = _tasks(X_train, y_train)[:3], _tasks(X_test, y_test)[:3]
+    net = make_net(max_epochs=2, lr=1e-3, batch_size=32, module__hidden_sizes=(16,))
+    seen_classes, memory_sizes = [], []
+
+    def make_memory(X, y, t):
+        seen_classes.append(sorted(np.unique(y).tolist()))
+        rows = np.concatenate([np.flatnonzero(y == c)[:2] for c in np.unique(y)])
+        memory_sizes.append(len(rows))
+        return X[rows], y[rows]
+
+    both = continual_replay(
+        tasks, tests, make_memory, net=net, random_state=0, memory="cumulative", scenario=("task", "class")
+    )
+    assert seen_classes == [[0, 1], [0, 1, 2, 3], [0, 1, 2, 3, 4, 5]]
+    assert memory_sizes == [4, 8, 12]  # the same size as per-task memories of 2 rows per class
+    assert set(both) == {"task", "class"}
+    single = continual_replay(tasks, tests, make_memory, net=net, random_state=0, memory="cumulative", scenario="class")
+    np.testing.assert_array_equal(single, both["class"])
+    with pytest.raises(ValueError, match="memory must be"):
+        continual_replay(tasks, tests, make_memory, net=net, memory="reservoir")
+
+
+def test_conditioned_memory_adds_the_new_classes_and_keeps_the_old_rows(split):
+    X_train, y_train, X_test, y_test = split
+    tasks, tests = _tasks(X_train, y_train)[:3], _tasks(X_test, y_test)[:3]
+    net = make_net(max_epochs=2, lr=1e-3, batch_size=32, module__hidden_sizes=(16,))
+    calls = []
+
+    def make_memory(X, y, t):  # 2 rows per class, old classes' rows perturbed (to be discarded)
+        calls.append((X.copy(), y.copy()))
+        rows = np.concatenate([np.flatnonzero(y == c)[:2] for c in np.unique(y)])
+        old = ~np.isin(y[rows], tasks[t][1])
+        return X[rows] + old[:, None] * 100.0, y[rows]
+
+    continual_replay(tasks, tests, make_memory, net=net, random_state=0, memory="conditioned")
+    assert [sorted(np.unique(y).tolist()) for _, y in calls] == [[0, 1], [0, 1, 2, 3], [0, 1, 2, 3, 4, 5]]
+    # task 2 saw the memory of tasks 0 and 1 unchanged: real rows, never the +100 perturbation
+    X_seen, y_seen = calls[2]
+    assert X_seen[np.isin(y_seen, [0, 1, 2, 3])].max() <= X_train.max()
+
+
+@pytest.mark.parametrize("memory", ["per_task", "cumulative"])
+def test_variational_replay_beats_random_replay_in_both_scenarios(memory, split):
+    """Split digits, 1 row per class: benchmarks/continual.py measures the same over 3 seeds."""
+    X_train, y_train, X_test, y_test = split
+    tasks, tests = _tasks(X_train, y_train), _tasks(X_test, y_test)
+    net = make_net(max_epochs=10, lr=1e-3, batch_size=32, module__hidden_sizes=(64,))
+    finals = {}
+    for divergence in ("random", "variational"):
+
+        def make_memory(X, y, t, divergence=divergence):
+            if divergence == "random":  # the tiled memory of 'cumulative' repeats rows: draw distinct ones
+                X, index = np.unique(X, axis=0, return_index=True)
+                y = y[index]
+            return PseudocoresetSynthesizer(
+                divergence,
+                n_per_class=1,
+                n_iterations=100,
+                random_state=t,
+                posterior=PosteriorSampler(n_samples=1, steps=1),
+            ).fit_resample(X, y)
+
+        accuracy = continual_replay(
+            tasks, tests, make_memory, net=net, random_state=0, memory=memory, scenario=("task", "class")
+        )
+        finals[divergence] = {s: float(a[-1].mean()) for s, a in accuracy.items()}
+    for scenario in ("task", "class"):
+        assert finals["variational"][scenario] > finals["random"][scenario], finals

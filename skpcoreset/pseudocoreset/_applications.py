@@ -23,15 +23,20 @@ def continual_replay(
     *,
     net=None,
     n_classes: int | None = None,
-    scenario: str = "task",
+    scenario="task",
+    memory: str = "per_task",
     device: str = "cpu",
     random_state=None,
-) -> np.ndarray:
+):
     """Continual learning with a replay memory built after each task.
 
     One network (a single head) learns the tasks in order; on task t it trains on the task's
-    data plus the memory of tasks 0..t-1, then ``make_memory(X_t, y_t, t)`` adds that task's
-    memory (a pseudocoreset, or a random subset as the baseline) for the following tasks.
+    data plus the memory of tasks 0..t-1. With ``memory='per_task'``, ``make_memory(X_t, y_t, t)``
+    then adds that task's memory (a pseudocoreset, or a random subset as the baseline) for the
+    following tasks. With ``memory='cumulative'`` the memory is rebuilt over every class seen so
+    far: ``make_memory`` receives the task's data together with the previous memory (tiled to
+    the task's size, as it is replayed) and its result replaces the memory, so the memory
+    separates old classes from new ones, which per-task memories never see together.
 
     Parameters
     ----------
@@ -42,49 +47,71 @@ def continual_replay(
         Network and training settings per task (``max_epochs`` epochs per task).
     n_classes : int or None
         Output size (default: 1 + the largest label).
-    scenario : {'task', 'class'}, default='task'
+    scenario : {'task', 'class'} or sequence of them, default='task'
         'task' (task-incremental): a test task is predicted among that task's classes only.
         'class' (class-incremental, harder): among every class seen so far, so forgetting
-        shows as old classes being predicted as new ones.
+        shows as old classes being predicted as new ones. A sequence evaluates the same run
+        under each and returns ``{scenario: accuracy}``.
+    memory : {'per_task', 'cumulative', 'conditioned'}, default='per_task'
+        How the memory grows (see above). 'conditioned': ``make_memory`` receives the task and
+        the previous memory as for 'cumulative', but only its rows of the task's own classes are
+        added and the earlier rows are kept as they were (the new rows are synthesised against
+        the old classes, the old rows are not re-synthesised from their own memory). All three
+        keep ``make_memory``'s rows per class for every class seen: the same memory size.
     device : str
     random_state : int, RandomState or None
 
     Returns
     -------
-    ndarray of shape (n_tasks, n_tasks)
+    ndarray of shape (n_tasks, n_tasks), or dict of them for a sequence of scenarios
         ``accuracy[i, j]``: accuracy on test task j after learning task i (NaN for j > i).
     """
-    if scenario not in ("task", "class"):
-        raise ValueError(f"scenario must be 'task' or 'class'; got {scenario!r}.")
+    scenarios = [scenario] if isinstance(scenario, str) else list(scenario)
+    if not scenarios or any(s not in ("task", "class") for s in scenarios):
+        raise ValueError(f"scenario must be 'task' or 'class' (or a sequence of them); got {scenario!r}.")
+    if memory not in ("per_task", "cumulative", "conditioned"):
+        raise ValueError(f"memory must be 'per_task', 'cumulative' or 'conditioned'; got {memory!r}.")
     device = resolve_device(device)
     n_classes = n_classes or 1 + max(int(np.max(y)) for _, y in tasks)
     template = make_net(max_epochs=10, lr=1e-3) if net is None else net
     seeds = seed_from_random_state(random_state, 1 + len(tasks))
     input_shape = np.asarray(tasks[0][0]).shape[1:]
-    module = build_member_nets(
-        template, input_shape=input_shape, n_classes=n_classes, seeds=seeds[:1], device=device
-    )[0].module_
+    module = build_member_nets(template, input_shape=input_shape, n_classes=n_classes, seeds=seeds[:1], device=device)[
+        0
+    ].module_
     spec = train_spec_from_net(template, n_samples=len(tasks[0][1]))
     memory_X = np.empty((0, *input_shape), dtype=np.float32)
     memory_y = np.empty(0, dtype=np.int64)
-    accuracy = np.full((len(tasks), len(tasks)), np.nan)
+    accuracy = {s: np.full((len(tasks), len(tasks)), np.nan) for s in scenarios}
     for t, (X, y) in enumerate(tasks):
         # The memory is repeated up to the task's size so that replay is not drowned out.
         repeats = int(np.ceil(len(X) / len(memory_y))) if len(memory_y) else 0
-        X_train = torch.as_tensor(
-            np.concatenate([X, np.tile(memory_X, (repeats,) + (1,) * len(input_shape))]),
-            dtype=torch.float32, device=device,
-        )
-        y_train = torch.as_tensor(np.concatenate([y, np.tile(memory_y, repeats)]), device=device)
+        tiled = np.tile(memory_X, (repeats,) + (1,) * len(input_shape))
+        X_all = np.concatenate([np.asarray(X, dtype=np.float32), tiled])
+        y_all = np.concatenate([np.asarray(y, dtype=np.int64), np.tile(memory_y, repeats)])
+        X_train = torch.as_tensor(X_all, dtype=torch.float32, device=device)
+        y_train = torch.as_tensor(y_all, device=device)
         Trainer(module, spec, generator=make_generator(seeds[1 + t], device)).fit(X_train, y_train)
         seen = np.unique(np.concatenate([task_y for _, task_y in tasks[: t + 1]]))
-        for j, (X_test, y_test) in enumerate(test_tasks[: t + 1]):
-            allowed = np.unique(tasks[j][1]) if scenario == "task" else seen
-            accuracy[t, j] = _restricted_accuracy(module, X_test, y_test, allowed, device)
-        X_mem, y_mem = make_memory(X, y, t)
-        memory_X = np.concatenate([memory_X, np.asarray(X_mem, dtype=np.float32).reshape(-1, *input_shape)])
-        memory_y = np.concatenate([memory_y, np.asarray(y_mem, dtype=np.int64)])
-    return accuracy
+        for s in scenarios:
+            for j, (X_test, y_test) in enumerate(test_tasks[: t + 1]):
+                allowed = np.unique(tasks[j][1]) if s == "task" else seen
+                accuracy[s][t, j] = _restricted_accuracy(module, X_test, y_test, allowed, device)
+        if memory == "cumulative":
+            X_mem, y_mem = make_memory(X_all, y_all, t)
+            memory_X = np.asarray(X_mem, dtype=np.float32).reshape(-1, *input_shape)
+            memory_y = np.asarray(y_mem, dtype=np.int64)
+        elif memory == "conditioned":
+            X_mem, y_mem = make_memory(X_all, y_all, t)
+            keep = np.isin(np.asarray(y_mem), np.unique(y))
+            X_new = np.asarray(X_mem, dtype=np.float32).reshape(-1, *input_shape)[keep]
+            memory_X = np.concatenate([memory_X, X_new])
+            memory_y = np.concatenate([memory_y, np.asarray(y_mem, dtype=np.int64)[keep]])
+        else:
+            X_mem, y_mem = make_memory(X, y, t)
+            memory_X = np.concatenate([memory_X, np.asarray(X_mem, dtype=np.float32).reshape(-1, *input_shape)])
+            memory_y = np.concatenate([memory_y, np.asarray(y_mem, dtype=np.int64)])
+    return accuracy[scenario] if isinstance(scenario, str) else accuracy
 
 
 def _restricted_accuracy(module, X, y, allowed_classes, device) -> float:
