@@ -83,7 +83,8 @@ _SHARED_DOCS = {
         The device ``device`` resolved to.""",
     "interrupted": """interrupted_ : str or None
         None after a complete fit; after a KeyboardInterrupt, the phase it stopped (e.g.
-        ``'members'``): what was learned until then is kept and later phases are skipped.""",
+        ``'members'``): what was learned until then is kept, and later phases run only where
+        the estimator cannot predict without them.""",
     # method pieces (indented for a method docstring)
     "fit_X_y": """Parameters
         ----------

@@ -280,8 +280,9 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
     device_ : torch.device
     n_features_in_ : int
     interrupted_ : None or str
-        The phase a KeyboardInterrupt stopped (``'student'`` or ``'kd_baseline'``); the student
-        keeps what it learned.
+        None after a complete fit; otherwise the phase a KeyboardInterrupt stopped
+        (``'teacher'``, ``'student'`` or ``'kd_baseline'``). What was learned is kept: a teacher
+        stopped early still teaches the student; a student stopped early skips the KD baseline.
 
     References
     ----------
@@ -327,6 +328,7 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         teacher=None,
+        *,
         student="batchensemble",
         perturbation="ods",
         net=None,
@@ -380,6 +382,7 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         """
         self._check_perturbation_fits()
         X, y = self._validate_X_y(X, y)
+        self.interrupted_ = None
         generator = self._init_torch()
         teacher_seed, student_seed = seed_from_random_state(self._seed, 2)
         train, valid = holdout_split(y, self.validation_fraction, check_random_state(self._seed))
@@ -391,13 +394,16 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         self.alpha_, self.temperature_ = self._loss_settings()
         augment = resolve_augmentation(self.augment, self.input_shape_, fill=self.data_range_[0])
         self.teacher_ = self._fit_teacher(X[train], y[train], teacher_seed)
+        if getattr(self.teacher_, "interrupted_", None) is not None and self.teacher_ is not self.teacher:
+            self.interrupted_ = "teacher"  # a teacher trained here; what its members learned is kept
         teacher = resolve_teacher(self.teacher_, self.classes_, device=self.device_, probe=X_train[:1])
         self._check_teacher(teacher)
         self.student_, trainer = self._train_student(
             teacher, self.perturbation, student_seed, generator, augment, X_train, y_train
         )
         self.history_ = trainer.history
-        self.interrupted_ = "student" if trainer.interrupted else None
+        if trainer.interrupted:
+            self.interrupted_ = "student"
         self.merged_ = self._merge(self.student_, X_train)
         self.kd_student_ = self.kd_merged_ = None
         self.benefit_margin_ = None

@@ -162,8 +162,10 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
     input_shape_ : tuple of int
     n_features_in_ : int
     device_ : torch.device
-    interrupted_ : bool
-        True when training was stopped by KeyboardInterrupt (what was learned is kept).
+    interrupted_ : str or None
+        None after a complete fit; ``'theta*'`` or ``'members'`` when a KeyboardInterrupt
+        stopped that phase. What was learned is kept: members start from the theta* reached so
+        far, and the scores use the members finished so far.
 
     See Also
     --------
@@ -220,6 +222,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
     def __init__(
         self,
         net=None,
+        *,
         method="gex",
         n_members=8,
         member_epochs="auto",
@@ -280,7 +283,8 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         scorer = self._make_scorer(checkpoints)
         scorer.fit(X_t, y_t, generator=generator, progress=lambda it: self._progress(it, desc="member"))
         self.scorer_ = scorer
-        self.interrupted_ = self.interrupted_ or getattr(scorer, "interrupted", False)
+        if self.interrupted_ is None and getattr(scorer, "interrupted", False):
+            self.interrupted_ = "members"
         self.training_strategy_ = getattr(scorer, "strategy", None)
         self._record_training_scores(scorer, X_t, y_t)
         self.train_labels_ = np.asarray(column_or_1d(y)).copy()
@@ -311,7 +315,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
             device=self.device_,
             train=train,
         )
-        self.interrupted_ = bool(trainer is not None and trainer.interrupted)
+        self.interrupted_ = "theta*" if trainer is not None and trainer.interrupted else None
         if trainer is None:
             self._check_outputs(X[:2])
             return []

@@ -139,6 +139,9 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
     n_posterior_params_ : int
     input_shape_ : tuple of int
     device_ : torch.device
+    interrupted_ : str or None
+        ``'MAP network'`` when a KeyboardInterrupt stopped training the MAP network here (the
+        posterior is then fitted around the weights reached so far); None otherwise.
     n_features_in_ : int
 
     Examples
@@ -180,6 +183,7 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
     def __init__(
         self,
         net=None,
+        *,
         parameterization="connectivity",
         subset_of_weights="last_layer",
         hessian_structure="full",
@@ -302,7 +306,7 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
         init_seed, train_seed = seed_from_random_state(self._seed, 2)
 
         def train(net):
-            train_members(
+            return train_members(
                 [net.module_],
                 (X_t, y_t),
                 train_spec_from_net(self.net, n_samples=len(X_t)),
@@ -312,7 +316,7 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
                 desc="MAP network",
             )
 
-        module, self.net_, _ = fitted_or_trained(
+        module, self.net_, trained = fitted_or_trained(
             self.net,
             input_shape=self.input_shape_,
             n_classes=len(self.classes_),
@@ -320,6 +324,7 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
             device=self.device_,
             train=train,
         )
+        self.interrupted_ = "MAP network" if trained is not None and trained[2] else None
         return module
 
     def __sklearn_clone__(self):
