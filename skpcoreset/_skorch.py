@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ._base import seed_from_random_state, torch_seed
-from ._train import TrainSpec, train_members
+from ._train import TrainSpec, native_schedule, train_members
 from .nets import default_module
 
 __all__ = [
@@ -334,7 +334,9 @@ def train_spec_from_net(
     The criterion is the logit form of the net's: cross-entropy (with the net's
     ``criterion__*`` arguments, e.g. ``weight`` or ``label_smoothing``) for both
     ``CrossEntropyLoss`` and ``NLLLoss`` nets, since :func:`logit_module` turns probabilities
-    into log-probabilities. A skorch ``LRScheduler`` on the net runs as one of its callbacks.
+    into log-probabilities. A whole-run ``LRScheduler(WarmupCosineLR)`` (the member preset's)
+    becomes the spec's ``schedule``, so it holds in every loop built from the spec; any other
+    skorch ``LRScheduler`` runs as one of the net's callbacks.
     ``max_epochs='auto'`` is sized to ``n_samples`` (and, on a CPU, to the network's
     ``forward_flops``: :func:`skpcoreset._presets.auto_epochs`).
     """
@@ -353,16 +355,25 @@ def train_spec_from_net(
         if n_samples is None:
             raise ValueError("max_epochs='auto' is sized to the data; pass n_samples.")
         max_epochs = auto_epochs(n_samples, batch_size, forward_flops=forward_flops, device=device)
+    warmups = [w for w in map(native_schedule, _template_callbacks(template)) if w is not None]
     return TrainSpec(
         max_epochs=int(max_epochs),
         batch_size=batch_size,
         lr=float(template.lr),
         optimizer=template.optimizer,
         optimizer_kwargs=optimizer_kwargs,
+        schedule="warmup_cosine" if warmups else "constant",
+        warmup=warmups[0] if warmups else 0.05,
         criterion=nn.CrossEntropyLoss(**criterion_kwargs) if criterion_kwargs else None,
         shuffle=bool(iterator.get("shuffle", True)),
         compile=compile_kwargs or bool(template.compile),
     )
+
+
+def _template_callbacks(template) -> list:
+    """The callbacks a template names (``callbacks`` entries may be ``(name, callback)`` pairs)."""
+    entries = template.callbacks if isinstance(template.callbacks, (list, tuple)) else []
+    return [entry[1] if isinstance(entry, tuple) else entry for entry in entries]
 
 
 def template_validation_split(net, y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

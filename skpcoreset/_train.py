@@ -198,15 +198,32 @@ def _no_op(*args, **kwargs):
     return None
 
 
+def native_schedule(callback) -> float | None:
+    """The warm-up share of a whole-run :class:`WarmupCosineLR` callback, or None for any other.
+
+    ``LRScheduler(WarmupCosineLR, step_every='batch')`` without ``total_steps`` (the member
+    preset's schedule, or a user's) spans the whole run. The loop runs it itself, as
+    ``TrainSpec(schedule='warmup_cosine')``: then it holds wherever a spec is built from a
+    template (:func:`skpcoreset._skorch.train_spec_from_net`), whether or not the template's
+    net drives the loop, and members can still be trained together with ``vmap``.
+    """
+    if not isinstance(callback, LRScheduler) or callback.policy is not WarmupCosineLR:
+        return None
+    if callback.step_every != "batch" or getattr(callback, "total_steps", None) is not None:
+        return None
+    return float(getattr(callback, "warmup", 0.05))
+
+
 def user_callbacks(net) -> list:
     """The initialised callbacks of a skorch net, without skorch's default logging callbacks.
 
     skorch's defaults (epoch timer, loss scoring, ``valid_acc``, the printed log) are replaced
-    by this loop's own history records and progress bar.
+    by this loop's own history records and progress bar; a whole-run :class:`WarmupCosineLR`
+    runs as the spec's schedule (:func:`native_schedule`).
     """
     callbacks = getattr(net, "callbacks_", None) or []
     defaults = {name for name, _ in net.get_default_callbacks()} if hasattr(net, "get_default_callbacks") else set()
-    return [(name, cb) for name, cb in callbacks if name not in defaults]
+    return [(name, cb) for name, cb in callbacks if name not in defaults and native_schedule(cb) is None]
 
 
 def _overrides(callback: Callback, hook: str) -> bool:
