@@ -15,7 +15,7 @@ import numpy as np
 from .exceptions import NoBenefitWarning
 from .metrics import accuracy, expected_calibration_error, negative_log_likelihood
 
-__all__ = ["holdout_split", "scores", "warn_if_no_benefit"]
+__all__ = ["holdout_split", "paired_nll_standard_error", "scores", "warn_if_no_benefit"]
 
 
 def holdout_split(y: np.ndarray, fraction: float, random_state) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +44,17 @@ def scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
         "nll": negative_log_likelihood(y, proba),
         "ece": expected_calibration_error(y, proba),
     }
+
+
+def paired_nll_standard_error(y: np.ndarray, proba: np.ndarray, baseline_proba: np.ndarray) -> float:
+    """One standard error of the mean per-sample NLL difference of two predictions of the same rows.
+
+    The margin a method's held-out NLL must beat its baseline's by (pass it to
+    :func:`warn_if_no_benefit`); 0 for fewer than two rows.
+    """
+    rows = np.arange(len(y))
+    difference = np.log(np.clip(proba[rows, y], 1e-12, None)) - np.log(np.clip(baseline_proba[rows, y], 1e-12, None))
+    return float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else 0.0
 
 
 def warn_if_no_benefit(owner: str, method: str, baseline: str, validation_scores: dict, advice: str,

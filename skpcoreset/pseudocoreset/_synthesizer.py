@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.history import History
 
 from .._base import TorchClassifierMixin, fill_doc, seed_from_random_state, shared_constraints
+from .._holdout import holdout_split, paired_nll_standard_error, scores, warn_if_no_benefit
 from .._skorch import as_template, build_member_nets, logit_module, template_validation_split, train_spec_from_net
 from .._train import predict_batched
 from ..augment import NAMED_AUGMENTATIONS, resolve_augmentation
@@ -188,6 +189,12 @@ class PseudocoresetSynthesizer(
         How ``predict_proba`` samples the coreset posterior: a :class:`PosteriorSampler` (its
         settings tunable as ``posterior__*``), or a method name with the sampler's default
         settings (8 samples of 300 SGHMC steps at lr 0.05, temperature 0.01).
+    validation_fraction : float in [0, 1), default=0.1
+        Rows of every class (floored, so a class is never emptied) held out to check the
+        coreset's benefit: the experts and the synthesis see the rest, and the held-out
+        prediction of the coreset is compared with that of its own random real starting rows
+        (``initial_rows_``) through the same posterior procedure (see ``validation_scores_``).
+        0, or ``divergence='random'``, skips the check and fits on all rows.
     %(input_shape)s
     n_jobs : int or None, default=None
         Workers for experts trained one after another (other networks than buffer-free dense
@@ -234,7 +241,7 @@ class PseudocoresetSynthesizer(
     lr_ : float
         Adam learning rate of the synthesis (``lr`` resolved).
     n_represented_ : int
-        N, the training rows the coreset stands for.
+        N, the training rows the coreset stands for (those not held out).
     inner_lr_ : float
         Step size of the inner SGD steps (``inner_lr`` resolved).
     n_divergence_samples_ : int
@@ -242,7 +249,8 @@ class PseudocoresetSynthesizer(
     ensemble_strategy_ : str or None
         How the experts were trained, 'vmap' or 'sequential' (None for 'random').
     fit_seconds_ : dict
-        Wall-clock seconds of the fit's phases: ``'experts'``, ``'synthesis'``, ``'posterior'``.
+        Wall-clock seconds of the fit's phases: ``'experts'``, ``'synthesis'``, ``'posterior'``,
+        ``'validation'`` (the baseline's posterior and both held-out predictions).
     interrupted_ : {'experts', 'synthesis', 'posterior'} or None
         The (last) phase a KeyboardInterrupt stopped; None after a complete fit. Interrupted
         experts skip synthesis and posterior sampling: ``fit_resample`` returns the random
@@ -252,6 +260,17 @@ class PseudocoresetSynthesizer(
         iterations; a completed synthesis keeps its last coreset, as the papers do) and then
         samples its posterior, which a second Ctrl-C stops cleanly (no posterior: predicting
         raises ``NotFittedError``).
+    validation_scores_ : dict or None
+        Held-out ``accuracy``, ``nll`` and ``ece`` of ``'pseudocoreset'`` (the fitted
+        coreset's Bayesian model average) and ``'random_subset'`` (the same posterior sampler,
+        and for 'variational' the same closed-form last layer at the initial targets and
+        precisions, on the real rows ``initial_rows_`` the coreset started from: a random
+        class-balanced subset of the same size). A :class:`~skpcoreset.exceptions.NoBenefitWarning`
+        says when the coreset's NLL is not lower by more than ``benefit_margin_``. None without
+        held-out rows, for 'random', or after an interrupted fit (a Ctrl-C during the
+        baseline's posterior also skips the check).
+    benefit_margin_ : float or None
+        One standard error of the paired per-sample held-out NLL difference of the two.
     %(fitted_basics)s
 
     Notes
@@ -316,6 +335,7 @@ class PseudocoresetSynthesizer(
         "pool_lifetime": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "augment": [None, StrOptions({"auto", *NAMED_AUGMENTATIONS}), callable],
         "posterior": [StrOptions(set(POSTERIORS)), PosteriorSampler],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "n_jobs": [None, Integral],
         **shared_constraints("input_shape", "mixed_precision", "device", "random_state", "verbose"),
     }
@@ -344,6 +364,7 @@ class PseudocoresetSynthesizer(
         pool_lifetime="auto",
         augment="auto",
         posterior="sghmc",
+        validation_fraction=0.1,
         input_shape=None,
         n_jobs=None,
         mixed_precision="no",
@@ -370,6 +391,7 @@ class PseudocoresetSynthesizer(
         self.pool_lifetime = pool_lifetime
         self.augment = augment
         self.posterior = posterior
+        self.validation_fraction = validation_fraction
         self.input_shape = input_shape
         self.n_jobs = n_jobs
         self.mixed_precision = mixed_precision
@@ -450,11 +472,26 @@ class PseudocoresetSynthesizer(
         return super()._validated_tensor(X, dtype=dtype)
 
     def _proba(self, X: torch.Tensor) -> torch.Tensor:
+        return self._bma_proba(X, self._posterior_state())
+
+    def _posterior_state(self) -> dict:
+        """What the prediction needs: the posterior samples and, for 'variational', its last layer."""
+        state = {"samples": self.posterior_samples_, "statistics": self.posterior_statistics_}
         if self.divergence == "variational":
-            return self._variational_proba(X)
+            state.update(
+                coreset=self.coreset_X_,
+                targets=self.coreset_targets_,
+                likelihood_precision=self.likelihood_precision_,
+                prior_precision=self.prior_precision_,
+            )
+        return state
+
+    def _bma_proba(self, X: torch.Tensor, state: dict) -> torch.Tensor:
+        if self.divergence == "variational":
+            return self._variational_proba(X, state)
         model = FlatModel(self.module_)
-        samples = self.posterior_samples_.double()
-        statistics = {name: value.double() for name, value in self.posterior_statistics_.items()}
+        samples = state["samples"].double()
+        statistics = {name: value.double() for name, value in state["statistics"].items()}
         return predict_batched(lambda xb: bayesian_model_average(model, samples, xb, statistics), X)
 
     # -- fitting --------------------------------------------------------------------------
@@ -467,6 +504,13 @@ class PseudocoresetSynthesizer(
         generator = self._init_torch()
         n_classes = len(self.classes_)
         init_seeds = seed_from_random_state(self._seed, self.n_experts + posterior.n_samples + 1)
+        self.validation_scores_, self.benefit_margin_ = None, None
+        train, held_out = np.arange(len(y)), np.arange(0)
+        if self.divergence != "random" and self.validation_fraction > 0:
+            train, held_out = holdout_split(y, self.validation_fraction, np.random.RandomState(self._seed % 2**32))
+            train = np.sort(train)
+        X_all, y_all = X, y
+        X, y = X_all[train], y_all[train]
         X_t, y_t = self._to_tensor(X), self._to_tensor(y, dtype=torch.long)
         template = as_template(self.net, self._net_role)
         nets = build_member_nets(
@@ -481,9 +525,11 @@ class PseudocoresetSynthesizer(
         self.module_ = copy.deepcopy(modules[0]).eval()
         model = FlatModel(self.module_)
 
-        self.initial_rows_ = self._initial_rows(y, n_classes, np.random.RandomState(init_seeds[-1]))
-        coreset = X_t[self.initial_rows_].clone()
-        label_logits = torch.nn.functional.one_hot(y_t[self.initial_rows_], n_classes).float() * _LABEL_LOGIT_SCALE
+        rows = self._initial_rows(y, n_classes, np.random.RandomState(init_seeds[-1]))
+        self.initial_rows_ = train[rows]  # rows of the X passed to fit
+        coreset = X_t[rows].clone()
+        label_logits = torch.nn.functional.one_hot(y_t[rows], n_classes).float() * _LABEL_LOGIT_SCALE
+        initial_coreset, initial_logits = coreset.clone(), label_logits.clone()
         self.history_ = {"experts": [], "synthesis": []}
         self.interrupted_, self.ensemble_strategy_, self.n_iterations_ = None, None, 0
         self.inner_lr_ = self._resolve_inner_lr(template, len(X))
@@ -491,7 +537,7 @@ class PseudocoresetSynthesizer(
         self.n_divergence_samples_ = self._for_divergence(
             self.n_divergence_samples, _DIVERGENCE_SAMPLES, _DEFAULT_DIVERGENCE_SAMPLES
         )
-        self.fit_seconds_ = {"experts": 0.0, "synthesis": 0.0, "posterior": 0.0}
+        self.fit_seconds_ = {"experts": 0.0, "synthesis": 0.0, "posterior": 0.0, "validation": 0.0}
         self.n_represented_ = len(X)
         if self.divergence == "variational":
             self.likelihood_precision_ = _VARIATIONAL_INITIAL_BETA
@@ -515,15 +561,69 @@ class PseudocoresetSynthesizer(
                 init_seeds[: self.n_experts],
                 augment,
             )
-        targets = self._targets(label_logits, y_t[self.initial_rows_], n_classes).detach()
+        targets = self._targets(label_logits, y_t[rows], n_classes).detach()
         self.coreset_X_ = coreset.detach().cpu().numpy()
-        self.coreset_y_ = self.classes_[y[self.initial_rows_]]
+        self.coreset_y_ = self.classes_[y[rows]]
         self.coreset_label_proba_ = targets.cpu().numpy().astype(np.float64)
         self.sampling_strategy_ = OrderedDict((c, self.n_per_class) for c in self.classes_)
         if self.interrupted_ != "experts":  # an unsynthesised coreset gets no posterior to predict with
             posterior_init = torch.stack([model.flatten(m) for m in modules[self.n_experts :]])
             self._sample_posterior(posterior, model, posterior_init, coreset.detach(), targets, len(X), generator)
+            if self.interrupted_ is None and len(held_out):
+                self._check_benefit(
+                    posterior,
+                    model,
+                    posterior_init,
+                    initial_coreset,
+                    initial_logits,
+                    y_t[rows],
+                    generator,
+                    X_all[held_out],
+                    y_all[held_out],
+                )
         return self
+
+    def _check_benefit(self, posterior, model, initial, coreset, label_logits, labels, generator, X_val, y_val):
+        """``validation_scores_``: the coreset against its random real starting rows, on held-out rows."""
+        started = self._clock()
+        n_classes = len(self.classes_)
+        one_hot = torch.nn.functional.one_hot(labels, n_classes).to(coreset.dtype)
+        try:  # the same posterior procedure, on the unsynthesised rows with their one-hot labels
+            samples = posterior.sample(
+                model, initial, coreset, one_hot, n_represented=self.n_represented_, generator=generator
+            )
+        except KeyboardInterrupt:
+            warnings.warn("The benefit check was interrupted; validation_scores_ is None.", UserWarning, stacklevel=4)
+            return
+        finally:
+            self.fit_seconds_["validation"] = self._clock() - started
+        baseline = {"samples": samples, "statistics": model.statistics(samples, coreset)}
+        if self.divergence == "variational":  # the closed-form last layer as synthesis started it
+            baseline.update(
+                coreset=coreset.cpu().numpy(),
+                targets=(label_logits * _VARIATIONAL_TARGET_SCALE).cpu().numpy().astype(np.float64),
+                likelihood_precision=_VARIATIONAL_INITIAL_BETA,
+                prior_precision=_VARIATIONAL_PRIOR_PRECISION,
+            )
+        X_v = self._to_tensor(X_val, dtype=torch.float64)
+        proba = self._bma_proba(X_v, self._posterior_state()).cpu().numpy()
+        baseline_proba = self._bma_proba(X_v, baseline).cpu().numpy()
+        self.fit_seconds_["validation"] = self._clock() - started
+        self.validation_scores_ = {
+            "pseudocoreset": scores(y_val, proba),
+            "random_subset": scores(y_val, baseline_proba),
+        }
+        self.benefit_margin_ = paired_nll_standard_error(y_val, proba, baseline_proba)
+        warn_if_no_benefit(
+            type(self).__name__,
+            "pseudocoreset",
+            "random_subset",
+            self.validation_scores_,
+            f"It must win by one paired standard error ({self.benefit_margin_:.4f} nats) over the random "
+            "real rows it started from (initial_rows_) under the same posterior. Synthesise longer or "
+            "faster (n_iterations, lr), or use another divergence.",
+            margin=self.benefit_margin_,
+        )
 
     def _sample_posterior(self, posterior, model, initial, coreset, targets, n_represented, generator) -> None:
         started = self._clock()
@@ -708,17 +808,17 @@ class PseudocoresetSynthesizer(
         self.fit_seconds_["synthesis"] = self._clock() - started
         return coreset.detach(), label_logits.detach()
 
-    def _variational_proba(self, X: torch.Tensor) -> torch.Tensor:
+    def _variational_proba(self, X: torch.Tensor, state: dict) -> torch.Tensor:
         model = FlatModel(self.module_)
-        samples = self.posterior_samples_.double()
-        coreset = torch.as_tensor(self.coreset_X_, dtype=torch.float64, device=samples.device)
-        targets = torch.as_tensor(self.coreset_targets_, dtype=torch.float64, device=samples.device)
-        beta = self.likelihood_precision_ * self.n_represented_ / len(coreset)
+        samples = state["samples"].double()
+        coreset = torch.as_tensor(state["coreset"], dtype=torch.float64, device=samples.device)
+        targets = torch.as_tensor(state["targets"], dtype=torch.float64, device=samples.device)
+        beta = state["likelihood_precision"] * self.n_represented_ / len(coreset)
         proba = 0
         for s, theta in enumerate(samples):
-            stats = {name: value[s].double() for name, value in self.posterior_statistics_.items()}
+            stats = {name: value[s].double() for name, value in state["statistics"].items()}
             phi_core = last_layer_features(model, theta, coreset, stats)
-            posterior_q = LastLayerPosterior(phi_core, targets, beta, self.prior_precision_)
+            posterior_q = LastLayerPosterior(phi_core, targets, beta, state["prior_precision"])
 
             def predict(xb, q=posterior_q, t=theta, st=stats):
                 return predictive_proba(*q.predictive(last_layer_features(model, t, xb, st)))
