@@ -915,3 +915,22 @@ def test_benefit_check_off_without_held_out_rows_and_for_random(divergence, frac
     pc.fit(X, y)
     assert pc.validation_scores_ is None and pc.benefit_margin_ is None
     assert pc.n_represented_ == len(X)
+
+
+def test_variational_predictive_is_calibrated_on_the_held_out_rows(digits_small):
+    X, y = digits_small
+    pc = PseudocoresetSynthesizer("variational", n_per_class=1, random_state=0, **FAST).fit(X, y)
+    chosen = (pc.predictive_variance_scale_, pc.predictive_logit_scale_)
+    proba = pc.predict_proba(X)
+    pc.predictive_variance_scale_, pc.predictive_logit_scale_ = 1.0, 1.0
+    plain = pc.predict_proba(X)
+    assert chosen != (1.0, 1.0) and not np.allclose(proba, plain)
+    np.testing.assert_allclose(proba.sum(1), 1)
+    # the chosen scales lower the held-out NLL (scores of the held-out rows, re-derived)
+    from skpcoreset._holdout import holdout_split, scores
+
+    _, held_out = holdout_split(y, 0.1, np.random.RandomState(pc._seed % 2**32))
+    assert pc.validation_scores_["pseudocoreset"]["nll"] == pytest.approx(scores(y[held_out], proba[held_out])["nll"])
+    assert scores(y[held_out], proba[held_out])["nll"] < scores(y[held_out], plain[held_out])["nll"]
+    unscaled = PseudocoresetSynthesizer("variational", n_per_class=1, validation_fraction=0, random_state=0, **FAST)
+    assert (unscaled.fit(X, y).predictive_variance_scale_, unscaled.predictive_logit_scale_) == (1.0, 1.0)

@@ -37,7 +37,10 @@ the full-data ELBO is an objective for them too), and the targets start at 9 on 
 (see ``_VARIATIONAL_TARGET_SCALE`` in the synthesizer).
 
 Prediction. E_q[softmax(f)] by the probit-style (mean-field) approximation
-softmax(mu / sqrt(1 + pi sigma^2 / 8)), one forward pass per feature extractor.
+softmax(mu / sqrt(1 + pi sigma^2 / 8)), one forward pass per feature extractor. Averaged over
+the posterior networks it is under-confident (the Gaussian likelihood's targets fix the logits'
+scale only loosely), so the synthesizer calibrates softmax(t mu / sqrt(1 + c pi sigma^2 / 8)) on
+its held-out split: t as a rescaling of the targets V (m is linear in V), c of the variance.
 """
 
 from __future__ import annotations
@@ -185,9 +188,15 @@ def expected_log_likelihood(mu: torch.Tensor, var: torch.Tensor, y: torch.Tensor
     return log_p.gather(1, y[:, None]).squeeze(1) - 0.5 * var * (1 - p.square().sum(1))
 
 
-def predictive_proba(mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """Probit-style E[softmax(f)], f ~ N(mu, var I): ``(n, C)``."""
-    return torch.softmax(mu / torch.sqrt(1 + math.pi / 8 * var)[:, None], dim=-1)
+def predictive_proba(
+    mu: torch.Tensor, var: torch.Tensor, variance_scale: float = 1.0, logit_scale: float = 1.0
+) -> torch.Tensor:
+    """Probit-style E[softmax(f)], f ~ N(logit_scale * mu, variance_scale * var I): ``(n, C)``.
+
+    ``logit_scale`` t rescales the mean as rescaling the regression targets V by t would (m is
+    linear in V); ``variance_scale`` c rescales the posterior variance. Both 1: the posterior as is.
+    """
+    return torch.softmax(logit_scale * mu / torch.sqrt(1 + math.pi / 8 * variance_scale * var)[:, None], dim=-1)
 
 
 def negative_elbo(posterior: LastLayerPosterior, phi_real, y_real, n_represented: int) -> torch.Tensor:
