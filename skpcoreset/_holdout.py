@@ -46,8 +46,9 @@ def scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     }
 
 
-def warn_if_no_benefit(owner: str, method: str, baseline: str, validation_scores: dict, advice: str,
-                       *, margin: float = 0.0) -> bool:
+def warn_if_no_benefit(
+    owner: str, method: str, baseline: str, validation_scores: dict, advice: str, *, margin: float = 0.0
+) -> bool:
     """Warn when ``method``'s held-out NLL is not below ``baseline``'s (by more than ``margin``).
 
     ``validation_scores`` maps each name to its :func:`scores`. Returns whether the benefit held.

@@ -148,7 +148,8 @@ def cmd_synthesize(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, X=np.asarray(coreset_X, dtype=np.float32), y=np.asarray(coreset_y))
     print(
-        f"{len(coreset_y)} synthetic samples ({args.n_per_class} per class, {args.divergence}) in {seconds:.1f} s -> {out}"
+        f"{len(coreset_y)} synthetic samples ({args.n_per_class} per class, {args.divergence}) "
+        f"in {seconds:.1f} s -> {out}"
     )
     if len(data.y_test):
         metrics = evaluate_proba(data.y_test, synthesizer.predict_proba(data.X_test), synthesizer.classes_)
@@ -197,14 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.ArgumentDefaultsHelpFormatter  # --help shows every default
     parser = argparse.ArgumentParser(prog="python -m skpcoreset", description=__doc__, formatter_class=formatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the flagship demo on bundled digits and print a report",
-                          formatter_class=formatter)
+    demo = sub.add_parser(
+        "demo", help="run the flagship demo on bundled digits and print a report", formatter_class=formatter
+    )
     demo.add_argument("--out", default="demo_output", help="folder for the demo's figures")
     demo.add_argument("--device", default="cpu", help="'cpu', 'cuda', 'cuda:N' or 'auto'")
     demo.set_defaults(func=cmd_demo)
 
-    synthesize = sub.add_parser("synthesize", help="learn a Bayesian pseudocoreset of an image .npz",
-                                formatter_class=formatter)
+    synthesize = sub.add_parser(
+        "synthesize", help="learn a Bayesian pseudocoreset of an image .npz", formatter_class=formatter
+    )
     _add_data_arguments(synthesize)
     synthesize.add_argument(
         "--n-per-class", "--ipc", dest="n_per_class", type=int, default=10, help="synthetic images per class"
@@ -218,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     synthesize.add_argument("--iterations", type=int, default=200, help="synthesis iterations")
     synthesize.set_defaults(func=cmd_synthesize)
 
-    influence = sub.add_parser("influence", help="self-influence scores (mislabel detection) of an image .npz",
-                               formatter_class=formatter)
+    influence = sub.add_parser(
+        "influence", help="self-influence scores (mislabel detection) of an image .npz", formatter_class=formatter
+    )
     _add_data_arguments(influence)
     influence.add_argument(
         "--method", default="gex", choices=["gex", "loss", "grad_norm", "tracin"], help="the influence score"
