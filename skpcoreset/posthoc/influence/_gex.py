@@ -12,7 +12,14 @@ from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from ..._base import TorchEstimatorMixin, make_generator, seed_from_random_state
+from ..._base import (
+    TorchEstimatorMixin,
+    fill_doc,
+    make_generator,
+    seed_from_random_state,
+    shared_constraints,
+    store_params,
+)
 from ..._skorch import as_template, train_spec_from_net
 from ...exceptions import NoBenefitWarning
 from .._theta_star import fitted_or_trained, warn_if_clone_unfits
@@ -26,6 +33,7 @@ __all__ = ["GeometricEnsembleInfluence"]
 MEMORISED = 0.99
 
 
+@fill_doc
 class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimator):
     """Influence of training samples via a geometric ensemble (GEX), with its baselines.
 
@@ -213,10 +221,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         "n_jobs": [None, Integral],
         "n_checkpoints": [Interval(Integral, 1, None, closed="left")],
         "contamination": [StrOptions({"otsu"}), Interval(Real, 0, 0.5, closed="right")],
-        "input_shape": [None, tuple, list],
-        "device": [str, torch.device],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
+        **shared_constraints("input_shape", "device", "random_state", "verbose"),
     }
 
     def __init__(
@@ -239,22 +244,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         random_state=None,
         verbose=0,
     ):
-        self.net = net
-        self.method = method
-        self.n_members = n_members
-        self.member_epochs = member_epochs
-        self.member_lr = member_lr
-        self.jitter = jitter
-        self.tau = tau
-        self.estimate = estimate
-        self.continuation = continuation
-        self.n_jobs = n_jobs
-        self.n_checkpoints = n_checkpoints
-        self.contamination = contamination
-        self.input_shape = input_shape
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
+        store_params(self, locals())
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

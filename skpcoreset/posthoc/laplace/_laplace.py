@@ -13,7 +13,14 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ..._base import TorchEstimatorMixin, make_generator, seed_from_random_state
+from ..._base import (
+    TorchEstimatorMixin,
+    fill_doc,
+    make_generator,
+    seed_from_random_state,
+    shared_constraints,
+    store_params,
+)
 from ..._holdout import holdout_split, scores, warn_if_no_benefit
 from ..._skorch import train_spec_from_net
 from ..._train import predict_batched, train_members
@@ -48,6 +55,7 @@ def monte_carlo_proba(
     return draws.softmax(-1).mean(0)
 
 
+@fill_doc
 class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
     """Post-hoc Laplace posterior of a trained network, in connectivity or weight coordinates.
 
@@ -174,10 +182,7 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
         "n_samples": [Interval(Integral, 1, None, closed="left")],
         "n_sharpness_probes": [Interval(Integral, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "input_shape": [None, tuple, list],
-        "device": [str, torch.device],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
+        **shared_constraints("input_shape", "device", "random_state", "verbose"),
     }
 
     def __init__(
@@ -199,35 +204,14 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
         random_state=None,
         verbose=0,
     ):
-        self.net = net
-        self.parameterization = parameterization
-        self.subset_of_weights = subset_of_weights
-        self.hessian_structure = hessian_structure
-        self.prior_precision = prior_precision
-        self.validation_fraction = validation_fraction
-        self.link_approx = link_approx
-        self.rank = rank
-        self.n_samples = n_samples
-        self.n_sharpness_probes = n_sharpness_probes
-        self.batch_size = batch_size
-        self.input_shape = input_shape
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
+        store_params(self, locals())
 
     # -- fitting ------------------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
         """Obtain a trained network (training it if needed) and fit the Laplace posterior.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *input_shape)
-        y : array-like of shape (n_samples,)
-
-        Returns
-        -------
-        self
+        %(fit_X_y)s
         """
         X, y = self._validate_X_y(X, y)
         self._check_prior_choice()
