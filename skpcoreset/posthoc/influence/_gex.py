@@ -135,6 +135,11 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         False when the members, which continue training from theta*, lowered its mean
         training loss: theta* was not converged, and the default estimate falls back to the loss
         at theta* (with a :class:`~skpcoreset.exceptions.NoBenefitWarning`).
+    influence_loss_agreement_ : float
+        Spearman correlation of I(z) with the loss at theta* over the training set ('gex' only).
+        Below 0 the members left theta*'s basin (their deviations rank samples opposite to how
+        hard theta* finds them) and the default estimate falls back to the loss at theta*, with
+        a :class:`~skpcoreset.exceptions.NoBenefitWarning`.
     base_losses_ : ndarray of shape (n_samples,)
         Loss of every training sample at theta*.
     member_losses_ : ndarray of shape (n_members, n_samples)
@@ -353,6 +358,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
             self.median_loss_shift_ = scorer.median_shift
             self.jitter_ = scorer.jitter
             self.member_epochs_ = scorer.member_epochs
+            self.influence_loss_agreement_ = scorer.loss_agreement
         self.theta_at_optimum_ = bool(getattr(scorer, "at_optimum", True))
         if self.method == "gex" and not self.theta_at_optimum_:
             ranked = (
@@ -367,6 +373,21 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
                 f"{self.theta_train_accuracy_:.1%} of its labels): theta* is not at an optimum, so the "
                 f"members' loss deviations measure training progress rather than influence. {ranked}; "
                 "train theta* to convergence for GEX's ranking.",
+                NoBenefitWarning,
+                stacklevel=3,
+            )
+        elif self.method == "gex" and not scorer.regime_sound:
+            ranked = (
+                "Samples are ranked by the loss at theta* instead (method='loss')"
+                if self.estimate == "loo_loss"
+                else "The loss at theta* (method='loss', the default estimate's fallback) ranks better here"
+            )
+            warnings.warn(
+                "GeometricEnsembleInfluence: the members' self-influence ranks the training samples "
+                f"opposite to their loss at theta* (Spearman {self.influence_loss_agreement_:.2f}; member "
+                f"mean loss {self.base_losses_.mean():.3f} -> {self.member_losses_.mean():.3f}): the members "
+                f"left theta*'s basin and their deviations measure that drift, not influence. {ranked}; "
+                "lower member_lr or jitter for GEX's ranking.",
                 NoBenefitWarning,
                 stacklevel=3,
             )
