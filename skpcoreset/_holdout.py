@@ -15,7 +15,7 @@ import numpy as np
 from .exceptions import NoBenefitWarning
 from .metrics import accuracy, expected_calibration_error, negative_log_likelihood
 
-__all__ = ["holdout_split", "scores", "warn_if_no_benefit"]
+__all__ = ["holdout_split", "scores", "warn_if_no_benefit", "beats_by_one_standard_error"]
 
 
 def holdout_split(y: np.ndarray, fraction: float, random_state) -> tuple[np.ndarray, np.ndarray]:
@@ -64,3 +64,15 @@ def warn_if_no_benefit(
         stacklevel=3,
     )
     return False
+
+
+def beats_by_one_standard_error(gains: np.ndarray) -> bool:
+    """Whether paired per-sample gains (baseline loss minus method loss) are positive beyond noise.
+
+    True when their mean exceeds one standard error (``std / sqrt(n)``); a single held-out row
+    is never enough.
+    """
+    gains = np.asarray(gains, dtype=np.float64)
+    if len(gains) < 2:
+        return False
+    return bool(gains.mean() > gains.std(ddof=1) / np.sqrt(len(gains)))

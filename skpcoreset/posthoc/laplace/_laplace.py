@@ -21,7 +21,7 @@ from ..._base import (
     shared_constraints,
     store_params,
 )
-from ..._holdout import holdout_split, scores, warn_if_no_benefit
+from ..._holdout import beats_by_one_standard_error, holdout_split, scores, warn_if_no_benefit
 from ..._skorch import train_spec_from_net
 from ..._train import predict_batched, train_members
 from .._theta_star import fitted_or_trained, warn_if_clone_unfits
@@ -365,12 +365,24 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
         return float(10.0**refined.x)
 
     def _cross_validate_prior(self, model: LinearizedModel, X_valid: torch.Tensor, y_valid: torch.Tensor) -> float:
+        """The prior precision of lowest held-out NLL, by the one-standard-error rule.
+
+        The best precision on the grid is taken only where it beats the largest (the posterior
+        closest to the MAP) by more than one standard error of the paired per-sample NLL
+        differences; otherwise the largest: a split of a few dozen rows cannot tell a prior that
+        helps from noise (wine, 24 held-out rows: the best prior halved the held-out NLL and
+        doubled the test NLL).
+        """
         inputs = model.inputs(X_valid, self.batch_size)
         losses = []
         for delta in 10.0**_CV_GRID:
             proba = self._proba_tensor(model, self.curvature_, inputs, float(delta)).clamp_min(1e-12)
-            losses.append(-float(proba.log().gather(1, y_valid[:, None].to(proba.device)).mean()))
-        return float(10.0 ** _CV_GRID[int(np.argmin(losses))])
+            losses.append(-proba.log().gather(1, y_valid[:, None].to(proba.device))[:, 0].double().cpu().numpy())
+        losses = np.stack(losses)
+        best = int(np.argmin(losses.mean(axis=1)))
+        if not beats_by_one_standard_error(losses[-1] - losses[best]):
+            best = len(_CV_GRID) - 1
+        return float(10.0 ** _CV_GRID[best])
 
     # The posterior in the estimator's own form, read from ``curvature_`` (one copy in memory and
     # in a pickle; issue 19: a stored copy of H + delta I made a pickle 26.7 MB where 20.0 MB is one).
