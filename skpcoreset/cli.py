@@ -27,7 +27,7 @@ def _fmt(value) -> str:
 
 
 def _demo_rows(X_train, y_train, X_test, y_test, device):
-    """Full-data references, then random vs forward-KL pseudocoresets at 1 and 10 per class."""
+    """Full-data references, then random vs forward-KL and variational pseudocoresets at 1 and 10 per class."""
     from sklearn.linear_model import LogisticRegression
 
     from . import DeepEnsembleClassifier, make_net
@@ -52,7 +52,7 @@ def _demo_rows(X_train, y_train, X_test, y_test, device):
     ).fit(flat_train, y_train)
     record("deep ensemble M=5", ensemble, len(y_train), time.perf_counter() - start, flat_test)
     for n_per_class in (1, 10):
-        for divergence in ("random", "forward_kl"):
+        for divergence in ("random", "forward_kl", "variational"):
             start = time.perf_counter()
             synthesizer = PseudocoresetSynthesizer(
                 divergence=divergence,
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthesize.add_argument(
         "--divergence",
         default="forward_kl",
-        choices=["forward_kl", "wasserstein", "reverse_kl", "function_space", "random"],
+        choices=["forward_kl", "wasserstein", "reverse_kl", "function_space", "variational", "random"],
         help="how the coreset posterior is matched to the data's ('random': a random real subset)",
     )
     synthesize.add_argument("--iterations", type=int, default=200, help="synthesis iterations")
