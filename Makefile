@@ -25,7 +25,8 @@ test: setup
 	$(PY) -m pytest -n 2 --dist worksteal
 
 lint: setup
-	$(PY) -m pip install -q ruff && $(PY) -m ruff check skpcoreset tests benchmarks examples
+	$(PY) -m ruff check skpcoreset tests benchmarks examples
+	$(PY) -m ruff format --check skpcoreset tests benchmarks examples
 
 bench: setup
 	$(PY) benchmarks/train_throughput.py

@@ -46,7 +46,12 @@ def environment(device: str | torch.device = "cpu") -> dict:
 
 
 def write_results(
-    name: str, results, *, device: str | torch.device = "cpu", notes: str = "", directory: Path | None = None,
+    name: str,
+    results,
+    *,
+    device: str | torch.device = "cpu",
+    notes: str = "",
+    directory: Path | None = None,
     quiet: bool = False,
 ) -> Path:
     """Write ``{"environment": ..., "notes": ..., "results": ...}`` to ``results/<name>.json``.

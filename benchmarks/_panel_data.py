@@ -174,9 +174,7 @@ def make_signals(
     amplitude = rng.uniform(0.6, 1.4, n)
     angle = 2.0 * np.pi * (frequency[:, None] * t + 0.5 * chirp[:, None] * t**2) + phase[:, None]
     X = amplitude[:, None] * np.sin(angle) + noise * rng.normal(size=(n, length))
-    return _classification(
-        "signals", "1-D signals", X[:n_train], y[:n_train], X[n_train:], y[n_train:], quick=quick
-    )
+    return _classification("signals", "1-D signals", X[:n_train], y[:n_train], X[n_train:], y[n_train:], quick=quick)
 
 
 def make_imbalanced(seed: int = 0, quick: bool = False, *, n_classes: int = 5, n_features: int = 16) -> Bunch:
@@ -203,9 +201,7 @@ def make_imbalanced(seed: int = 0, quick: bool = False, *, n_classes: int = 5, n
         X, y, train_size=n_train, test_size=n_test, stratify=y, random_state=seed
     )
     X_train, X_test = _standardise(X_train, X_test)
-    return _classification(
-        "imbalanced", "tabular, imbalanced 16:1", X_train, y_train, X_test, y_test, quick=quick
-    )
+    return _classification("imbalanced", "tabular, imbalanced 16:1", X_train, y_train, X_test, y_test, quick=quick)
 
 
 # -- graphs -----------------------------------------------------------------------------------------

@@ -97,15 +97,28 @@ def transfer_subset(y: np.ndarray, n_transfer: int | None) -> np.ndarray:
 
 def _distil(teacher, net, student, perturbation, step_size, seed, args, transfer, test) -> dict:
     distiller = DiverseDistiller(
-        FrozenEstimator(teacher), student=student, perturbation=perturbation, net=net,
-        alpha=0.9, temperature=args.temperature, step_size=step_size, augment=args.augment, validation_fraction=0.0,
-        device=args.device, random_state=seed,
+        FrozenEstimator(teacher),
+        student=student,
+        perturbation=perturbation,
+        net=net,
+        alpha=0.9,
+        temperature=args.temperature,
+        step_size=step_size,
+        augment=args.augment,
+        validation_fraction=0.0,
+        device=args.device,
+        random_state=seed,
     )
     _, seconds = timed(distiller.fit, *transfer)
     X_test, y_test = test
     row = {
-        "seed": seed, "model": "student", "student": student, "perturbation": perturbation or "kd",
-        "step_size": step_size, "seconds": seconds, **_scores(y_test, distiller.predict_proba(X_test)),
+        "seed": seed,
+        "model": "student",
+        "student": student,
+        "perturbation": perturbation or "kd",
+        "step_size": step_size,
+        "seconds": seconds,
+        **_scores(y_test, distiller.predict_proba(X_test)),
         "disagreement": mean_pairwise_disagreement(distiller.student_member_proba(X_test)),
     }
     print(row, flush=True)
@@ -116,8 +129,12 @@ def member_net(args, max_epochs: int):
     """The architecture of teacher members and students: an MLP, or a small ConvNet."""
     if args.arch == "conv":
         return make_net(
-            ConvNet, max_epochs=max_epochs, lr=args.lr, batch_size=64,
-            module__width=args.width, module__depth=args.depth,
+            ConvNet,
+            max_epochs=max_epochs,
+            lr=args.lr,
+            batch_size=64,
+            module__width=args.width,
+            module__depth=args.depth,
         )
     return make_net(max_epochs=max_epochs, lr=args.lr, batch_size=64, module__hidden_sizes=(args.hidden,))
 
@@ -131,16 +148,24 @@ def run_seed(data, seed: int, args) -> list[dict]:
     student_net = member_net(args, student_epochs)
     transfer, test = (X_train[subset], y_train[subset]), (X_test, y_test)
     teacher, seconds = timed(
-        DeepEnsembleClassifier(
-            net, n_members=4, augment=args.augment, device=args.device, random_state=seed
-        ).fit, X_train, y_train
+        DeepEnsembleClassifier(net, n_members=4, augment=args.augment, device=args.device, random_state=seed).fit,
+        X_train,
+        y_train,
     )
     members = teacher.member_proba(X_test)
     rows = [
-        {"seed": seed, "model": "teacher DE-4", "seconds": seconds, **_scores(y_test, members.mean(0)),
-         "disagreement": mean_pairwise_disagreement(members)},
-        {"seed": seed, "model": "teacher member (mean of 4)",
-         **{k: float(np.mean([_scores(y_test, p)[k] for p in members])) for k in ("accuracy", "nll", "ece")}},
+        {
+            "seed": seed,
+            "model": "teacher DE-4",
+            "seconds": seconds,
+            **_scores(y_test, members.mean(0)),
+            "disagreement": mean_pairwise_disagreement(members),
+        },
+        {
+            "seed": seed,
+            "model": "teacher member (mean of 4)",
+            **{k: float(np.mean([_scores(y_test, p)[k] for p in members])) for k in ("accuracy", "nll", "ece")},
+        },
     ]
     for student in args.students:
         for perturbation in PERTURBATIONS:

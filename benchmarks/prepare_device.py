@@ -33,8 +33,22 @@ def download_wheels(out: Path) -> None:
     out.mkdir(exist_ok=True)
     platform_args = [arg for p in PLATFORMS for arg in ("--platform", p)]
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
-         "--implementation", "cp", *platform_args, "-d", str(out), *WHEELS],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platform_args,
+            "-d",
+            str(out),
+            *WHEELS,
+        ],
         check=True,
     )
 
@@ -49,8 +63,11 @@ def subset_images(name: str, n_train: int, n_test: int, out: Path, seed: int = 0
         keep_train = rng.choice(len(data["y_train"]), min(n_train, len(data["y_train"])), replace=False)
         keep_test = rng.choice(len(data["y_test"]), min(n_test, len(data["y_test"])), replace=False)
         np.savez_compressed(
-            out / name, X_train=data["X_train"][keep_train], y_train=data["y_train"][keep_train],
-            X_test=data["X_test"][keep_test], y_test=data["y_test"][keep_test],
+            out / name,
+            X_train=data["X_train"][keep_train],
+            y_train=data["y_train"][keep_train],
+            X_test=data["X_test"][keep_test],
+            y_test=data["y_test"][keep_test],
         )
 
 

@@ -247,7 +247,12 @@ def gcn_influence_pass_speed(name: str, args, n_naive: int = 100) -> dict:
     def naive(sample):
         base = directional(module.operator)
         return [
-            -(directional(normalized_operator(remove_edges(adjacency, edges[:, [k]]), module.X.device, module.X.dtype)) - base)
+            -(
+                directional(
+                    normalized_operator(remove_edges(adjacency, edges[:, [k]]), module.X.device, module.X.dtype)
+                )
+                - base
+            )
             for k in sample
         ]
 

@@ -105,8 +105,7 @@ for i, (before, after, s_before, s_after) in enumerate(shown):
         if i == 0:
             ax.set_ylabel(label)
 fig.suptitle(
-    f"teacher-member spread, mean over the test set: clean {spread_clean.mean():.4f}, "
-    f"ODS {spread_moved.mean():.4f}",
+    f"teacher-member spread, mean over the test set: clean {spread_clean.mean():.4f}, ODS {spread_moved.mean():.4f}",
     x=0.76,
     fontsize=9,
 )

@@ -39,13 +39,16 @@ F_test = frozen_features(module, X_test[target_test])
 sizes, scores = [1, 5], {"random": [], "forward_kl": []}
 for n_per_class in sizes:
     for divergence in scores:
-        accuracy = np.mean([
-            PseudocoresetSynthesizer(
-                divergence=divergence, n_per_class=n_per_class, n_iterations=120, random_state=seed
-            )
-            .fit(F_train, y_train[target_train]).score(F_test, y_test[target_test])
-            for seed in (0, 1)
-        ])
+        accuracy = np.mean(
+            [
+                PseudocoresetSynthesizer(
+                    divergence=divergence, n_per_class=n_per_class, n_iterations=120, random_state=seed
+                )
+                .fit(F_train, y_train[target_train])
+                .score(F_test, y_test[target_test])
+                for seed in (0, 1)
+            ]
+        )
         scores[divergence].append(accuracy)
         print(f"{n_per_class} per class, {divergence:>10}: BMA accuracy {accuracy:.3f}")
 

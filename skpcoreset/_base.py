@@ -34,6 +34,7 @@ __all__ = [
     "TorchClassifierMixin",
     "shared_constraints",
     "fill_doc",
+    "store_params",
     "resolve_device",
     "seed_from_random_state",
     "torch_seed",
@@ -104,6 +105,19 @@ _SHARED_DOCS = {
 def shared_constraints(*names: str) -> dict:
     """The parameter constraints of the shared parameters ``names`` (see ``_SHARED_CONSTRAINTS``)."""
     return {name: _SHARED_CONSTRAINTS[name] for name in names}
+
+
+def store_params(estimator, params: dict) -> None:
+    """Store the constructor arguments ``params`` (the ``locals()`` of ``__init__``) as given.
+
+    scikit-learn reads an estimator's parameters from its ``__init__`` signature and wants each
+    one stored unchanged under its own name, with no logic in ``__init__``; this does exactly
+    that, in one place instead of a ``self.x = x`` line per parameter in every estimator. Call
+    it first in ``__init__``: ``store_params(self, locals())``.
+    """
+    for name, value in params.items():
+        if name not in ("self", "__class__"):
+            setattr(estimator, name, value)
 
 
 def fill_doc(obj):

@@ -15,7 +15,7 @@ import numpy as np
 from .exceptions import NoBenefitWarning
 from .metrics import accuracy, expected_calibration_error, negative_log_likelihood
 
-__all__ = ["holdout_split", "paired_nll_standard_error", "scores", "warn_if_no_benefit"]
+__all__ = ["holdout_split", "scores", "warn_if_no_benefit", "beats_by_one_standard_error", "paired_nll_standard_error"]
 
 
 def holdout_split(y: np.ndarray, fraction: float, random_state) -> tuple[np.ndarray, np.ndarray]:
@@ -57,8 +57,9 @@ def paired_nll_standard_error(y: np.ndarray, proba: np.ndarray, baseline_proba: 
     return float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else 0.0
 
 
-def warn_if_no_benefit(owner: str, method: str, baseline: str, validation_scores: dict, advice: str,
-                       *, margin: float = 0.0) -> bool:
+def warn_if_no_benefit(
+    owner: str, method: str, baseline: str, validation_scores: dict, advice: str, *, margin: float = 0.0
+) -> bool:
     """Warn when ``method``'s held-out NLL is not below ``baseline``'s (by more than ``margin``).
 
     ``validation_scores`` maps each name to its :func:`scores`. Returns whether the benefit held.
@@ -74,3 +75,15 @@ def warn_if_no_benefit(owner: str, method: str, baseline: str, validation_scores
         stacklevel=3,
     )
     return False
+
+
+def beats_by_one_standard_error(gains: np.ndarray) -> bool:
+    """Whether paired per-sample gains (baseline loss minus method loss) are positive beyond noise.
+
+    True when their mean exceeds one standard error (``std / sqrt(n)``); a single held-out row
+    is never enough.
+    """
+    gains = np.asarray(gains, dtype=np.float64)
+    if len(gains) < 2:
+        return False
+    return bool(gains.mean() > gains.std(ddof=1) / np.sqrt(len(gains)))

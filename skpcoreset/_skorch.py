@@ -51,9 +51,25 @@ __all__ = [
 
 # skorch parameters skpcoreset reads (all others at a non-default value are refused by name).
 _HONOURED = {
-    "module", "criterion", "optimizer", "lr", "max_epochs", "batch_size", "callbacks", "train_split",
-    "device", "compile", "verbose", "iterator_train", "iterator_valid", "dataset", "predict_nonlinearity",
-    "warm_start", "use_caching", "torch_load_kwargs", "classes",
+    "module",
+    "criterion",
+    "optimizer",
+    "lr",
+    "max_epochs",
+    "batch_size",
+    "callbacks",
+    "train_split",
+    "device",
+    "compile",
+    "verbose",
+    "iterator_train",
+    "iterator_valid",
+    "dataset",
+    "predict_nonlinearity",
+    "warm_start",
+    "use_caching",
+    "torch_load_kwargs",
+    "classes",
 }
 _HONOURED_PREFIXES = ("module__", "criterion__", "optimizer__", "callbacks__", "compile__")
 # DataLoader arguments that describe *how* batches are served; skpcoreset serves them from the
@@ -190,7 +206,9 @@ def _output_kind_of_criterion(net: NeuralNet) -> str:
 def _non_default_params(net: NeuralNet) -> dict:
     defaults = {name: p.default for name, p in inspect.signature(NeuralNet.__init__).parameters.items()}
     params = net.get_params(deep=False)
-    return {k: v for k, v in params.items() if not k.startswith("_") and (k not in defaults or _differs(v, defaults[k]))}
+    return {
+        k: v for k, v in params.items() if not k.startswith("_") and (k not in defaults or _differs(v, defaults[k]))
+    }
 
 
 def _differs(value, default) -> bool:
@@ -231,13 +249,17 @@ def check_template(net: NeuralNet, *, device: torch.device | None = None) -> Non
     if net.predict_nonlinearity != "auto":
         problems.append(f"predict_nonlinearity={net.predict_nonlinearity!r} (probabilities are the softmax of logits)")
     if net.warm_start:
-        problems.append("warm_start=True (members are trained from fresh initialisations; pass a fitted net "
-                        "to a post-hoc estimator to analyse it)")
+        problems.append(
+            "warm_start=True (members are trained from fresh initialisations; pass a fitted net "
+            "to a post-hoc estimator to analyse it)"
+        )
     if "param_groups" in net.get_params_for("optimizer"):
         problems.append("optimizer__param_groups (one parameter group per trained module)")
     if device is not None and str(net.device) not in ("cpu", "None") and not _same_device(net.device, device):
-        problems.append(f"device={net.device!r} differs from the estimator's device {str(device)!r} "
-                        "(set device on the estimator; it places every member)")
+        problems.append(
+            f"device={net.device!r} differs from the estimator's device {str(device)!r} "
+            "(set device on the estimator; it places every member)"
+        )
     if problems:
         raise ValueError(
             "skpcoreset cannot honour these settings of the skorch net: " + "; ".join(problems) + ". "
@@ -260,8 +282,13 @@ def _module_params(net: NeuralNet, input_shape, n_classes, device: torch.device)
     if module_cls is None:
         module_cls = default_module(input_shape)
         given = net.get_params_for("module")
-        params.update({k: v for k, v in default_module_params(module_cls, device).items()
-                       if k.removeprefix("module__") not in given})
+        params.update(
+            {
+                k: v
+                for k, v in default_module_params(module_cls, device).items()
+                if k.removeprefix("module__") not in given
+            }
+        )
     params["module"] = module_cls
     params.update(_data_dependent_params(module_cls, net, input_shape, n_classes))
     return params
@@ -521,7 +548,11 @@ def train_template_members(
     """
     seeds = seed_from_random_state(random_state, 2 * n_members)
     nets = build_member_nets(
-        net, input_shape=tuple(X.shape[1:]), n_classes=n_classes, seeds=seeds[:n_members], device=X.device,
+        net,
+        input_shape=tuple(X.shape[1:]),
+        n_classes=n_classes,
+        seeds=seeds[:n_members],
+        device=X.device,
         verbose=verbose,
     )
     modules = member_logit_modules(nets, X[:8])
@@ -533,7 +564,9 @@ def train_template_members(
     strategy_used, histories, interrupted = train_members(
         modules,
         tensors,
-        spec if spec is not None else train_spec_from_net(
+        spec
+        if spec is not None
+        else train_spec_from_net(
             net, n_samples=len(tensors[0]), forward_flops=forward_flops(modules[0], X[:1]), device=X.device
         ),
         seeds=seeds[n_members:],

@@ -375,8 +375,13 @@ class Trainer:
             loss = self.loss(*batch)
         loss.backward()
         if self._grad_hooks:
-            self._notify("on_grad_computed", self._grad_hooks, named_parameters=list(self.module.named_parameters()),
-                         batch=batch, training=True)
+            self._notify(
+                "on_grad_computed",
+                self._grad_hooks,
+                named_parameters=list(self.module.named_parameters()),
+                batch=batch,
+                training=True,
+            )
         self.optimizer.step()
         return loss.detach()
 
@@ -711,8 +716,15 @@ def train_members(
         for m in range(len(modules))
     ]
     runs = map_members(
-        _train_one_member, modules, per_member, n_jobs=n_jobs, stop=lambda run: run[1],
-        tensors=tensors, spec=spec, verbose=verbose, trainer_kwargs=trainer_kwargs,
+        _train_one_member,
+        modules,
+        per_member,
+        n_jobs=n_jobs,
+        stop=lambda run: run[1],
+        tensors=tensors,
+        spec=spec,
+        verbose=verbose,
+        trainer_kwargs=trainer_kwargs,
     )
     for net, (history, _) in zip(nets, runs, strict=False):
         if net is not None:  # a process worker recorded into its copy of the net
@@ -725,7 +737,12 @@ def _train_one_member(
 ) -> tuple[History, bool]:
     """One sequential member, as a picklable function: (history, interrupted)."""
     trainer = Trainer(
-        module, spec, generator=make_generator(seed, tensors[0].device), net=net, verbose=verbose, desc=desc,
+        module,
+        spec,
+        generator=make_generator(seed, tensors[0].device),
+        net=net,
+        verbose=verbose,
+        desc=desc,
         **trainer_kwargs,
     ).fit(*tensors, validation=validation)
     return trainer.history, trainer.interrupted
@@ -737,4 +754,3 @@ def predict_batched(fn, X: torch.Tensor, batch_size: int = 1024) -> torch.Tensor
     if len(X) == 0:
         raise ValueError("Cannot predict on an empty input.")
     return torch.cat([fn(X[start : start + batch_size]) for start in range(0, len(X), batch_size)])
-

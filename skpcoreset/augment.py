@@ -71,9 +71,7 @@ class DifferentiableAugmentation:
     def __init__(self, operations=DSA_OPERATIONS):
         unknown = set(operations) - set(DSA_OPERATIONS)
         if unknown or not operations:
-            raise ValueError(
-                f"operations must be a non-empty subset of {DSA_OPERATIONS}; got {tuple(operations)}."
-            )
+            raise ValueError(f"operations must be a non-empty subset of {DSA_OPERATIONS}; got {tuple(operations)}.")
         self.operations = tuple(operations)
 
     def __call__(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

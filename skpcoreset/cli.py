@@ -27,7 +27,7 @@ def _fmt(value) -> str:
 
 
 def _demo_rows(X_train, y_train, X_test, y_test, device):
-    """Full-data references, then random vs forward-KL pseudocoresets at 1 and 10 per class."""
+    """Full-data references, then random vs forward-KL and variational pseudocoresets at 1 and 10 per class."""
     from sklearn.linear_model import LogisticRegression
 
     from . import DeepEnsembleClassifier, make_net
@@ -52,7 +52,7 @@ def _demo_rows(X_train, y_train, X_test, y_test, device):
     ).fit(flat_train, y_train)
     record("deep ensemble M=5", ensemble, len(y_train), time.perf_counter() - start, flat_test)
     for n_per_class in (1, 10):
-        for divergence in ("random", "forward_kl"):
+        for divergence in ("random", "forward_kl", "variational"):
             start = time.perf_counter()
             synthesizer = PseudocoresetSynthesizer(
                 divergence=divergence,
@@ -148,7 +148,8 @@ def cmd_synthesize(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, X=np.asarray(coreset_X, dtype=np.float32), y=np.asarray(coreset_y))
     print(
-        f"{len(coreset_y)} synthetic samples ({args.n_per_class} per class, {args.divergence}) in {seconds:.1f} s -> {out}"
+        f"{len(coreset_y)} synthetic samples ({args.n_per_class} per class, {args.divergence}) "
+        f"in {seconds:.1f} s -> {out}"
     )
     if len(data.y_test):
         metrics = evaluate_proba(data.y_test, synthesizer.predict_proba(data.X_test), synthesizer.classes_)
@@ -197,14 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.ArgumentDefaultsHelpFormatter  # --help shows every default
     parser = argparse.ArgumentParser(prog="python -m skpcoreset", description=__doc__, formatter_class=formatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the flagship demo on bundled digits and print a report",
-                          formatter_class=formatter)
+    demo = sub.add_parser(
+        "demo", help="run the flagship demo on bundled digits and print a report", formatter_class=formatter
+    )
     demo.add_argument("--out", default="demo_output", help="folder for the demo's figures")
     demo.add_argument("--device", default="cpu", help="'cpu', 'cuda', 'cuda:N' or 'auto'")
     demo.set_defaults(func=cmd_demo)
 
-    synthesize = sub.add_parser("synthesize", help="learn a Bayesian pseudocoreset of an image .npz",
-                                formatter_class=formatter)
+    synthesize = sub.add_parser(
+        "synthesize", help="learn a Bayesian pseudocoreset of an image .npz", formatter_class=formatter
+    )
     _add_data_arguments(synthesize)
     synthesize.add_argument(
         "--n-per-class", "--ipc", dest="n_per_class", type=int, default=10, help="synthetic images per class"
@@ -212,14 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     synthesize.add_argument(
         "--divergence",
         default="forward_kl",
-        choices=["forward_kl", "wasserstein", "reverse_kl", "function_space", "random"],
+        choices=["forward_kl", "wasserstein", "reverse_kl", "function_space", "variational", "random"],
         help="how the coreset posterior is matched to the data's ('random': a random real subset)",
     )
     synthesize.add_argument("--iterations", type=int, default=200, help="synthesis iterations")
     synthesize.set_defaults(func=cmd_synthesize)
 
-    influence = sub.add_parser("influence", help="self-influence scores (mislabel detection) of an image .npz",
-                               formatter_class=formatter)
+    influence = sub.add_parser(
+        "influence", help="self-influence scores (mislabel detection) of an image .npz", formatter_class=formatter
+    )
     _add_data_arguments(influence)
     influence.add_argument(
         "--method", default="gex", choices=["gex", "loss", "grad_norm", "tracin"], help="the influence score"

@@ -79,9 +79,16 @@ def test_synthesizer_augments_the_coreset_during_synthesis_only():
         return DifferentiableAugmentation(("crop", "cutout"))(images, generator)
 
     params = dict(
-        n_per_class=1, net=make_net(lr=0.1, batch_size=64, module__width=8),
-        n_experts=1, expert_epochs=3, n_iterations=3, inner_steps=2, n_divergence_samples=2,
-        posterior=PosteriorSampler(n_samples=2, steps=20), input_shape=(1, 8, 8), random_state=0,
+        n_per_class=1,
+        net=make_net(lr=0.1, batch_size=64, module__width=8),
+        n_experts=1,
+        expert_epochs=3,
+        n_iterations=3,
+        inner_steps=2,
+        n_divergence_samples=2,
+        posterior=PosteriorSampler(n_samples=2, steps=20),
+        input_shape=(1, 8, 8),
+        random_state=0,
     )
     pc = PseudocoresetSynthesizer(augment=recording_augment, **params).fit(X, y)
     # per iteration: one per inner step, one for the divergence
@@ -110,7 +117,9 @@ def test_trainer_augments_every_training_batch_but_not_validation():
     X, y = torch.rand(40, 5), torch.arange(40) % 2
     log = []
     trainer = Trainer(
-        torch.nn.Linear(5, 2), TrainSpec(max_epochs=2, batch_size=16), generator=make_generator(0),
+        torch.nn.Linear(5, 2),
+        TrainSpec(max_epochs=2, batch_size=16),
+        generator=make_generator(0),
         augment=_recording(log),
     ).fit(X, y, validation=(X, y))
     assert log == [(16, 5), (16, 5), (8, 5)] * 2  # training batches only, every epoch
@@ -124,7 +133,11 @@ def test_vmap_ensemble_trainer_augments_each_members_batch():
     modules = [torch.nn.Sequential(torch.nn.Linear(5, 2)) for _ in range(3)]
     log = []
     strategy, _, _ = train_members(
-        modules, (X, y), TrainSpec(max_epochs=1, batch_size=16), seeds=[0, 1, 2], strategy="vmap",
+        modules,
+        (X, y),
+        TrainSpec(max_epochs=1, batch_size=16),
+        seeds=[0, 1, 2],
+        strategy="vmap",
         augment=_recording(log),
     )
     assert strategy == "vmap" and log == [(3 * 16, 5)] * 2
@@ -140,7 +153,9 @@ def test_deep_ensemble_trains_on_shifted_images():
     X = (X[:400] / 16).astype(np.float32)
     params = dict(
         net=make_net(ConvNet, max_epochs=4, lr=1e-2, batch_size=64, module__width=8, module__depth=2),
-        n_members=2, input_shape=(1, 8, 8), random_state=0,
+        n_members=2,
+        input_shape=(1, 8, 8),
+        random_state=0,
     )
     plain = DeepEnsembleClassifier(**params).fit(X, y[:400])
     shifted = DeepEnsembleClassifier(augment="shift", **params).fit(X, y[:400])

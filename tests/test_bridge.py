@@ -510,6 +510,32 @@ def test_bridges_on_a_users_plain_module_through_skorch(shuffled_digits):
     assert clf.bridge_fidelity_[0]["kl_to_curve"] < clf.bridge_fidelity_[0]["curve_kl_to_mode0"]
 
 
+class SoftmaxUserNet(UserNet):
+    """The same module written as skorch's docs do: it ends in a softmax (skorch's default NLLLoss)."""
+
+    def forward(self, x):
+        return super().forward(x).softmax(dim=-1)
+
+
+@pytest.mark.filterwarnings("ignore::skpcoreset.exceptions.NoBenefitWarning")
+def test_bridges_on_a_users_softmax_module_with_nllloss(shuffled_digits):
+    # the module runs wrapped (log-probabilities as logits); feature_layer still names its own
+    # layer (it failed with "LogProbabilities has no attribute `body`")
+    from skorch import NeuralNetClassifier
+
+    X, y = shuffled_digits
+    X = X.astype(np.float32)
+    net = NeuralNetClassifier(
+        SoftmaxUserNet, max_epochs=10, lr=0.05, optimizer=torch.optim.SGD, optimizer__momentum=0.9, train_split=None
+    )
+    clf = BridgeEnsembleClassifier(
+        net, feature_layer="body", n_bridges=None, curve_max_epochs=5, bridge_max_epochs=5, random_state=0
+    ).fit(X[:800], y[:800])
+    proba = clf.predict_proba(X[800:])
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert clf.score(X[800:], y[800:]) > 0.8
+
+
 @pytest.mark.filterwarnings("ignore::skpcoreset.exceptions.NoBenefitWarning")
 def test_a_module_whose_children_chain_is_cut_between_them(digits):
     class Chain(nn.Module):

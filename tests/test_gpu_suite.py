@@ -23,7 +23,10 @@ def test_dry_run_runs_every_part_and_leaves_the_results_alone(tmp_path):
     # About 50 s of CPU; the budget leaves room for a machine shared with other jobs.
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks.gpu_suite", "--dry-run", "--budget", "540", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=660,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=660,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert _measured_files() == before

@@ -462,3 +462,24 @@ def test_auto_member_epochs_are_sized_to_the_data(digits_small):
     assert est.member_epochs_ == 20  # 300 rows / batch 64 -> 5 steps per epoch -> 100 steps
     small = GeometricEnsembleInfluence(_small_net(max_epochs=2), n_members=1, jitter=0.2, random_state=0)
     assert small.fit(X[:40], y[:40]).member_epochs_ == 100  # one step per epoch: capped at 100 epochs
+
+
+def test_gex_falls_back_to_the_loss_where_self_influence_ranks_against_it():
+    # panel cifar10: the members' loss rose 0.68 -> 1.95, I(z) ranked samples opposite to their
+    # loss at theta* (Spearman -0.49) and l + I scored AUC 0.646 against the loss's 0.702
+    import torch
+
+    from skpcoreset.posthoc.influence._scorers import GexScorer, _spearman
+
+    a = torch.tensor([0.1, 0.5, 0.2, 0.9])
+    assert _spearman(a, a) == pytest.approx(1.0) and _spearman(a, -a) == pytest.approx(-1.0)
+    assert _spearman(a, torch.ones(4)) == 0.0
+    scorer = GexScorer.__new__(GexScorer)
+    scorer.settings = {"estimate": "loo_loss"}
+    influence, loss = torch.tensor([3.0, 2.0, 1.0]), torch.tensor([0.1, 0.2, 0.3])
+    scorer.at_optimum, scorer.loss_agreement = True, 0.5
+    torch.testing.assert_close(scorer._estimate(influence, loss), loss + influence)
+    scorer.loss_agreement = -0.5
+    torch.testing.assert_close(scorer._estimate(influence, loss), loss)
+    scorer.at_optimum, scorer.loss_agreement = False, 0.5
+    torch.testing.assert_close(scorer._estimate(influence, loss), loss)

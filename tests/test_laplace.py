@@ -672,3 +672,13 @@ def test_posterior_precision_is_stored_once(tiny_mlp, digits_data):
     assert size < 0.75 * one_copy, (size, one_copy)  # the curvature's upper triangle, nothing more
     restored = pickle.loads(pickle.dumps(clf))
     np.testing.assert_allclose(restored.posterior_precision_, clf.posterior_precision_)
+
+
+def test_one_standard_error_rule_needs_gains_beyond_their_noise():
+    from skpcoreset._holdout import beats_by_one_standard_error
+
+    rng = np.random.RandomState(0)
+    assert beats_by_one_standard_error(0.1 + 0.01 * rng.randn(50))
+    assert not beats_by_one_standard_error(0.01 + rng.randn(24))  # wine-sized split: noise
+    assert not beats_by_one_standard_error(-0.1 + 0.01 * rng.randn(50))
+    assert not beats_by_one_standard_error([0.5])

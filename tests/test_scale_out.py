@@ -89,9 +89,10 @@ def test_bridge_modes_can_train_in_threads(digits):
 def process_cluster():
     """Two single-threaded Dask worker processes: members travel there pickled and come back."""
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         client.wait_for_workers(2, timeout=120)
         yield client
 
@@ -115,6 +116,7 @@ def test_members_on_dask_worker_processes_equal_the_local_fit(digits, process_cl
     for a, b in zip(local.member_modules(), remote.member_modules(), strict=True):
         for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
+
     def losses(model):  # the histories without their wall-clock durations
         return [[row["train_loss"] for row in history] for history in model.history_["members"]]
 
@@ -128,9 +130,7 @@ def test_gex_fan_members_on_dask_worker_processes_equal_the_local_fit(digits, pr
     from skpcoreset.posthoc.influence import GeometricEnsembleInfluence
 
     X, y = digits
-    params = dict(
-        continuation="fan", n_members=3, member_epochs=1, jitter=0.2, input_shape=(1, 8, 8), random_state=0
-    )
+    params = dict(continuation="fan", n_members=3, member_epochs=1, jitter=0.2, input_shape=(1, 8, 8), random_state=0)
     local = GeometricEnsembleInfluence(_conv_net(), **params).fit(X[:300], y[:300])
     remote = _on_dask(lambda: GeometricEnsembleInfluence(_conv_net(), n_jobs=2, **params).fit(X[:300], y[:300]))
     assert local.training_strategy_ == remote.training_strategy_ == "sequential"

@@ -61,7 +61,11 @@ def data(digits):
 def test_template_early_stopping_stops_members_early(data):
     X, y = data
     net = make_net(
-        LogitNet, max_epochs=200, lr=0.5, optimizer=torch.optim.SGD, train_split=ValidSplit(5),
+        LogitNet,
+        max_epochs=200,
+        lr=0.5,
+        optimizer=torch.optim.SGD,
+        train_split=ValidSplit(5),
         callbacks=[EarlyStopping(patience=1)],
     )
     clf = DeepEnsembleClassifier(net, n_members=2, random_state=0).fit(X, y)
@@ -85,7 +89,11 @@ def test_custom_callback_is_called_and_valid_split_is_used(data):
 def test_gradient_clipping_and_checkpoint_callbacks_run(data, tmp_path):
     X, y = data
     net = make_net(
-        LogitNet, max_epochs=2, lr=0.1, optimizer=torch.optim.SGD, train_split=ValidSplit(5),
+        LogitNet,
+        max_epochs=2,
+        lr=0.1,
+        optimizer=torch.optim.SGD,
+        train_split=ValidSplit(5),
         callbacks=[GradientNormClipping(gradient_clip_value=1e-8), Checkpoint(dirname=str(tmp_path), load_best=True)],
     )
     clipped = DeepEnsembleClassifier(net, n_members=1, random_state=0).fit(X, y)
@@ -100,8 +108,9 @@ def test_gradient_clipping_and_checkpoint_callbacks_run(data, tmp_path):
 
 def test_softmax_module_with_skorch_default_nll_loss_trains(data):
     X, y = data
-    net = NeuralNetClassifier(SoftmaxNet, max_epochs=20, lr=0.01, optimizer=torch.optim.Adam, train_split=None,
-                              verbose=0)
+    net = NeuralNetClassifier(
+        SoftmaxNet, max_epochs=20, lr=0.01, optimizer=torch.optim.Adam, train_split=None, verbose=0
+    )
     clf = DeepEnsembleClassifier(net, n_members=2, random_state=0).fit(X, y)
     assert clf.score(X, y) > 0.9
     probabilities = clf.members_[0].module_(torch.as_tensor(X[:5]))

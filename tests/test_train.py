@@ -52,7 +52,9 @@ def test_early_stopping_restores_best_weights(data):
     X, y = data
     stopper = EarlyStopping(patience=2, load_best=True, sink=lambda *_: None).initialize()
     trainer = Trainer(
-        _mlp(0), TrainSpec(max_epochs=50, lr=0.5, optimizer=torch.optim.SGD), generator=make_generator(0),
+        _mlp(0),
+        TrainSpec(max_epochs=50, lr=0.5, optimizer=torch.optim.SGD),
+        generator=make_generator(0),
         callbacks=[("early_stopping", stopper)],
     )
     trainer.fit(X[:1000], y[:1000], validation=(X[1000:], y[1000:]))

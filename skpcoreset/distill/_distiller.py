@@ -15,7 +15,14 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet
 
-from .._base import TorchEstimatorMixin, make_generator, seed_from_random_state
+from .._base import (
+    TorchEstimatorMixin,
+    fill_doc,
+    make_generator,
+    seed_from_random_state,
+    shared_constraints,
+    store_params,
+)
 from .._holdout import holdout_split, scores, warn_if_no_benefit
 from .._skorch import build_member_nets, forward_flops, train_spec_from_net
 from .._train import Trainer, predict_batched, train_members
@@ -139,6 +146,7 @@ def mean_pairwise_disagreement(member_proba: np.ndarray) -> float:
     return float(np.mean([np.mean(predictions[i] != predictions[j]) for i, j in pairs]))
 
 
+@fill_doc
 class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
     """Ensemble distillation that keeps the ensemble's diversity.
 
@@ -319,10 +327,7 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         "latent_penalty": [Interval(Real, 0, None, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "check_benefit": [StrOptions({"select", "warn"}), "boolean"],
-        "input_shape": [None, tuple, list],
-        "device": [str, torch.device],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
+        **shared_constraints("input_shape", "device", "random_state", "verbose"),
     }
 
     def __init__(
@@ -347,38 +352,14 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         random_state=None,
         verbose=0,
     ):
-        self.teacher = teacher
-        self.student = student
-        self.perturbation = perturbation
-        self.net = net
-        self.n_teachers = n_teachers
-        self.alpha = alpha
-        self.temperature = temperature
-        self.step_size = step_size
-        self.norm = norm
-        self.n_steps = n_steps
-        self.augment = augment
-        self.latent_penalty = latent_penalty
-        self.validation_fraction = validation_fraction
-        self.check_benefit = check_benefit
-        self.input_shape = input_shape
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
+        store_params(self, locals())
 
     # -- fit ------------------------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
         """Fit (or take) the teacher and distil it into the student.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *input_shape)
-        y : array-like of shape (n_samples,)
-
-        Returns
-        -------
-        self
+        %(fit_X_y)s
         """
         self._check_perturbation_fits()
         X, y = self._validate_X_y(X, y)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._base import torch_seed
+from .._skorch import LogProbabilities
 from .._train import Trainer
 from ..nets import StagedNet
 from ..nets._resnet import BasicBlock
@@ -118,6 +119,19 @@ class FeatureSplit:
     def __repr__(self) -> str:
         return f"FeatureSplit(stage={self.stage})" if self.layer is None else f"FeatureSplit(layer={self.layer!r})"
 
+    def feature_module(self, module: nn.Module) -> nn.Module:
+        """The submodule ``layer`` of ``module``, looking through the wrapper of softmax modules.
+
+        A module that ends in a softmax (trained with NLLLoss) runs wrapped in
+        :class:`~skpcoreset._skorch.LogProbabilities`, which holds the user's module as ``module``.
+        """
+        try:
+            return module.get_submodule(self.layer)
+        except AttributeError:
+            if isinstance(module, LogProbabilities):
+                return module.module.get_submodule(self.layer)
+            raise
+
     def features(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The feature map of ``x`` (only the layers before the cut run)."""
         if self.layer is None:
@@ -126,7 +140,7 @@ class FeatureSplit:
         def stop(_, __, output):
             raise _Features(output)
 
-        handle = module.get_submodule(self.layer).register_forward_hook(stop)
+        handle = self.feature_module(module).register_forward_hook(stop)
         try:
             module(x)
         except _Features as found:
@@ -141,7 +155,7 @@ class FeatureSplit:
             features = run_stages(module, x, 0, self.stage)
             return run_stages(module, features, self.stage), features
         found = []
-        handle = module.get_submodule(self.layer).register_forward_hook(lambda _, __, output: found.append(output))
+        handle = self.feature_module(module).register_forward_hook(lambda _, __, output: found.append(output))
         try:
             logits = module(x)
         finally:

@@ -15,7 +15,14 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from .._base import TorchEstimatorMixin, fill_doc, make_generator, seed_from_random_state, shared_constraints
+from .._base import (
+    TorchEstimatorMixin,
+    fill_doc,
+    make_generator,
+    seed_from_random_state,
+    shared_constraints,
+    store_params,
+)
 from .._holdout import holdout_split, scores, warn_if_no_benefit
 from .._presets import PRESETS, auto_epochs
 from .._skorch import as_template, build_member_nets, template_validation_split, train_template_members
@@ -236,39 +243,14 @@ class BridgeEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimat
         random_state=None,
         verbose=0,
     ):
-        self.net = net
-        self.n_modes = n_modes
-        self.bridge_type = bridge_type
-        self.n_bridges = n_bridges
-        self.tail_stages = tail_stages
-        self.feature_layer = feature_layer
-        self.curve_max_epochs = curve_max_epochs
-        self.bridge_max_epochs = bridge_max_epochs
-        self.repulsion = repulsion
-        self.mixup_alpha = mixup_alpha
-        self.validation_fraction = validation_fraction
-        self.calibrate = calibrate
-        self.augment = augment
-        self.ensemble_strategy = ensemble_strategy
-        self.n_jobs = n_jobs
-        self.input_shape = input_shape
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
+        store_params(self, locals())
 
     # -- fitting -------------------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
         """Train the modes, the curves between mode 0 and each other mode, and the bridges.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *input_shape)
-        y : array-like of shape (n_samples,)
-
-        Returns
-        -------
-        self
+        %(fit_X_y)s
         """
         X, y = self._validate_X_y(X, y)
         self._init_torch()

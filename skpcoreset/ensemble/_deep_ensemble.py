@@ -10,7 +10,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .._base import TorchClassifierMixin, fill_doc, shared_constraints
+from .._base import TorchClassifierMixin, fill_doc, shared_constraints, store_params
 from .._skorch import train_template_members
 from ..augment import NAMED_AUGMENTATIONS, resolve_augmentation
 
@@ -102,16 +102,7 @@ class DeepEnsembleClassifier(TorchClassifierMixin, ClassifierMixin, BaseEstimato
         random_state=None,
         verbose=0,
     ):
-        self.net = net
-        self.n_members = n_members
-        self.ensemble_strategy = ensemble_strategy
-        self.n_jobs = n_jobs
-        self.augment = augment
-        self.input_shape = input_shape
-        self.mixed_precision = mixed_precision
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
+        store_params(self, locals())
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):

@@ -12,7 +12,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from torch.func import functional_call
 
-from .._base import TorchEstimatorMixin, fill_doc, shared_constraints, torch_seed
+from .._base import TorchEstimatorMixin, fill_doc, shared_constraints, store_params, torch_seed
 from .._train import Trainer, TrainSpec
 from ._node_classifier import NodeClassifierMixin
 from ._operations import graph_or_edgeless, normalized_operator
@@ -131,14 +131,7 @@ class GCNClassifier(NodeClassifierMixin, TorchEstimatorMixin, ClassifierMixin, B
         random_state=None,
         verbose=0,
     ):
-        self.n_hidden = n_hidden
-        self.dropout = dropout
-        self.weight_decay = weight_decay
-        self.lr = lr
-        self.max_iter = max_iter
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
+        store_params(self, locals())
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, adjacency=None):

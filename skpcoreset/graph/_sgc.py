@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .._base import TorchEstimatorMixin, fill_doc, shared_constraints
+from .._base import TorchEstimatorMixin, fill_doc, shared_constraints, store_params
 from ._node_classifier import NodeClassifierMixin
 from ._operations import graph_or_edgeless, propagate
 from ._softmax_regression import fit_softmax_regression
@@ -104,14 +104,7 @@ class SGCClassifier(NodeClassifierMixin, TorchEstimatorMixin, ClassifierMixin, B
         random_state=None,
         verbose=0,
     ):
-        self.n_hops = n_hops
-        self.weight_decay = weight_decay
-        self.solver = solver
-        self.max_iter = max_iter
-        self.lr = lr
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
+        store_params(self, locals())
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, adjacency=None):

@@ -224,8 +224,7 @@ class BatchEnsembleNet(nn.Module):
         self.body = _convert(copy.deepcopy(base), n_members, init)
         if not self.factor_parameters():
             raise ValueError(
-                "BatchEnsembleNet needs a network with nn.Linear or nn.Conv2d layers; "
-                f"{type(base).__name__} has none."
+                f"BatchEnsembleNet needs a network with nn.Linear or nn.Conv2d layers; {type(base).__name__} has none."
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

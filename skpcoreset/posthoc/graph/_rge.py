@@ -14,7 +14,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context, clone
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ..._base import TorchEstimatorMixin, fill_doc, shared_constraints, to_numpy
+from ..._base import TorchEstimatorMixin, fill_doc, shared_constraints, store_params, to_numpy
 from ...graph import SGCClassifier
 from ...graph._operations import as_adjacency, labeled_mask, remove_edges
 from ._backbones import GraphTask, InfluenceOptions, make_backbone
@@ -251,18 +251,7 @@ class RepulsiveEdgeEliminator(TorchEstimatorMixin, TransformerMixin, BaseEstimat
         random_state=None,
         verbose=0,
     ):
-        self.estimator = estimator
-        self.strategy = strategy
-        self.max_rounds = max_rounds
-        self.window = window
-        self.patience = patience
-        self.overlap_hops = overlap_hops
-        self.influence_solver = influence_solver
-        self.damping = damping
-        self.batch_size = batch_size
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
+        store_params(self, locals())
 
     # -- fit ------------------------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)

@@ -12,7 +12,14 @@ from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from ..._base import TorchEstimatorMixin, make_generator, seed_from_random_state
+from ..._base import (
+    TorchEstimatorMixin,
+    fill_doc,
+    make_generator,
+    seed_from_random_state,
+    shared_constraints,
+    store_params,
+)
 from ..._skorch import as_template, train_spec_from_net
 from ...exceptions import NoBenefitWarning
 from .._theta_star import fitted_or_trained, warn_if_clone_unfits
@@ -26,6 +33,7 @@ __all__ = ["GeometricEnsembleInfluence"]
 MEMORISED = 0.99
 
 
+@fill_doc
 class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimator):
     """Influence of training samples via a geometric ensemble (GEX), with its baselines.
 
@@ -127,6 +135,11 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         False when the members, which continue training from theta*, lowered its mean
         training loss: theta* was not converged, and the default estimate falls back to the loss
         at theta* (with a :class:`~skpcoreset.exceptions.NoBenefitWarning`).
+    influence_loss_agreement_ : float
+        Spearman correlation of I(z) with the loss at theta* over the training set ('gex' only).
+        Below 0 the members left theta*'s basin (their deviations rank samples opposite to how
+        hard theta* finds them) and the default estimate falls back to the loss at theta*, with
+        a :class:`~skpcoreset.exceptions.NoBenefitWarning`.
     base_losses_ : ndarray of shape (n_samples,)
         Loss of every training sample at theta*.
     member_losses_ : ndarray of shape (n_members, n_samples)
@@ -213,10 +226,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         "n_jobs": [None, Integral],
         "n_checkpoints": [Interval(Integral, 1, None, closed="left")],
         "contamination": [StrOptions({"otsu"}), Interval(Real, 0, 0.5, closed="right")],
-        "input_shape": [None, tuple, list],
-        "device": [str, torch.device],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
+        **shared_constraints("input_shape", "device", "random_state", "verbose"),
     }
 
     def __init__(
@@ -239,22 +249,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         random_state=None,
         verbose=0,
     ):
-        self.net = net
-        self.method = method
-        self.n_members = n_members
-        self.member_epochs = member_epochs
-        self.member_lr = member_lr
-        self.jitter = jitter
-        self.tau = tau
-        self.estimate = estimate
-        self.continuation = continuation
-        self.n_jobs = n_jobs
-        self.n_checkpoints = n_checkpoints
-        self.contamination = contamination
-        self.input_shape = input_shape
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
+        store_params(self, locals())
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -363,6 +358,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
             self.median_loss_shift_ = scorer.median_shift
             self.jitter_ = scorer.jitter
             self.member_epochs_ = scorer.member_epochs
+            self.influence_loss_agreement_ = scorer.loss_agreement
         self.theta_at_optimum_ = bool(getattr(scorer, "at_optimum", True))
         if self.method == "gex" and not self.theta_at_optimum_:
             ranked = (
@@ -377,6 +373,21 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
                 f"{self.theta_train_accuracy_:.1%} of its labels): theta* is not at an optimum, so the "
                 f"members' loss deviations measure training progress rather than influence. {ranked}; "
                 "train theta* to convergence for GEX's ranking.",
+                NoBenefitWarning,
+                stacklevel=3,
+            )
+        elif self.method == "gex" and not scorer.regime_sound:
+            ranked = (
+                "Samples are ranked by the loss at theta* instead (method='loss')"
+                if self.estimate == "loo_loss"
+                else "The loss at theta* (method='loss', the default estimate's fallback) ranks better here"
+            )
+            warnings.warn(
+                "GeometricEnsembleInfluence: the members' self-influence ranks the training samples "
+                f"opposite to their loss at theta* (Spearman {self.influence_loss_agreement_:.2f}; member "
+                f"mean loss {self.base_losses_.mean():.3f} -> {self.member_losses_.mean():.3f}): the members "
+                f"left theta*'s basin and their deviations measure that drift, not influence. {ranked}; "
+                "lower member_lr or jitter for GEX's ranking.",
                 NoBenefitWarning,
                 stacklevel=3,
             )
