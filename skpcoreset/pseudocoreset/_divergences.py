@@ -88,7 +88,9 @@ class SynthesisProblem:
         """A random (expert, start epoch) pair."""
         n_experts = self.trajectories.shape[0]
         draw = torch.randint(
-            n_experts * (self.max_start_epoch + 1), (1,), generator=self.generator,
+            n_experts * (self.max_start_epoch + 1),
+            (1,),
+            generator=self.generator,
             device=self.generator.device,
         )
         expert, start = divmod(int(draw), self.max_start_epoch + 1)
@@ -97,7 +99,10 @@ class SynthesisProblem:
     def perturb(self, theta: torch.Tensor) -> torch.Tensor:
         """S samples of N(theta, sigma^2 I), shape ``(S, P)``."""
         noise = torch.randn(
-            self.n_samples, theta.numel(), generator=self.generator, device=theta.device,
+            self.n_samples,
+            theta.numel(),
+            generator=self.generator,
+            device=theta.device,
             dtype=theta.dtype,
         )
         return theta.detach() + self.noise_scale * noise
@@ -109,8 +114,14 @@ class SynthesisProblem:
 
     def student(self, start: torch.Tensor, X, targets, *, differentiable: bool):
         return inner_sgd(
-            self.model, start, X, targets, steps=self.inner_steps, lr=self.inner_lr,
-            differentiable=differentiable, augment=self.augmented,
+            self.model,
+            start,
+            X,
+            targets,
+            steps=self.inner_steps,
+            lr=self.inner_lr,
+            differentiable=differentiable,
+            augment=self.augmented,
         )
 
 
@@ -125,10 +136,12 @@ def forward_kl(problem: SynthesisProblem, X: torch.Tensor, targets: torch.Tensor
     expert, start = problem.segment()
     trajectory = problem.trajectories[expert]
     student = problem.student(trajectory[start], X, targets, differentiable=False)[-1]
-    thetas = torch.cat([
-        problem.perturb(trajectory[start + problem.target_epochs]),
-        problem.perturb(student),
-    ])
+    thetas = torch.cat(
+        [
+            problem.perturb(trajectory[start + problem.target_epochs]),
+            problem.perturb(student),
+        ]
+    )
     losses = soft_cross_entropy(problem.model.batched(thetas, problem.augmented(X)), targets)  # (2S,)
     full_side, coreset_side = losses.split(problem.n_samples)
     return full_side.mean() - coreset_side.mean()
@@ -144,9 +157,7 @@ def reverse_kl(problem: SynthesisProblem, X: torch.Tensor, targets: torch.Tensor
     unnecessary).
     """
     expert, start = problem.segment()
-    student = problem.student(
-        problem.trajectories[expert, start], X, targets, differentiable=False
-    )[-1]
+    student = problem.student(problem.trajectories[expert, start], X, targets, differentiable=False)[-1]
     thetas = problem.perturb(student)
     X_real, y_real = problem.real_batch()
     with torch.no_grad():
@@ -206,10 +217,16 @@ def function_space(problem: SynthesisProblem, X: torch.Tensor, targets: torch.Te
     Z = torch.cat([problem.augmented(X), problem.real_batch()[0]])
     expert_out = problem.model.batched(segment, Z).flatten(1)  # (M+1, d)
     student_out = problem.model.batched(torch.stack(iterates), Z).flatten(1)  # (K+1, d)
-    return gaussian_kl_lowrank(
-        expert_out[-1], _centred_factor(expert_out), student_out[-1], _centred_factor(student_out),
-        _FUNCTION_SPACE_JITTER,
-    ) / Z.shape[0]
+    return (
+        gaussian_kl_lowrank(
+            expert_out[-1],
+            _centred_factor(expert_out),
+            student_out[-1],
+            _centred_factor(student_out),
+            _FUNCTION_SPACE_JITTER,
+        )
+        / Z.shape[0]
+    )
 
 
 def _centred_factor(samples: torch.Tensor) -> torch.Tensor:
@@ -219,7 +236,10 @@ def _centred_factor(samples: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_kl_lowrank(
-    mean_p: torch.Tensor, factor_p: torch.Tensor, mean_q: torch.Tensor, factor_q: torch.Tensor,
+    mean_p: torch.Tensor,
+    factor_p: torch.Tensor,
+    mean_q: torch.Tensor,
+    factor_q: torch.Tensor,
     jitter: float,
 ) -> torch.Tensor:
     """KL(N(mean_p, A A^T + j I) || N(mean_q, B B^T + j I)) via Woodbury, O(d k^2).

@@ -69,9 +69,7 @@ class FlatModel:
         self.sizes = [math.prod(shape) for shape in self.shapes]
         self.n_parameters = sum(self.sizes)
         self.vectorised = choose_ensemble_strategy([self.module, self.module]) == "vmap"
-        self.statistic_names = [
-            name for name, _ in module.named_buffers() if not name.endswith("num_batches_tracked")
-        ]
+        self.statistic_names = [name for name, _ in module.named_buffers() if not name.endswith("num_batches_tracked")]
 
     def flatten(self, module: nn.Module) -> torch.Tensor:
         """The parameters of a module of this architecture as one detached ``(P,)`` vector."""
@@ -111,9 +109,7 @@ class FlatModel:
             probe.load_state_dict(self.unflatten(theta), strict=False)
             buffers = dict(recompute_batchnorm(probe, X.to(thetas.dtype), batch_size=len(X)).named_buffers())
             per_vector.append([buffers[name].clone() for name in self.statistic_names])
-        return {
-            name: torch.stack([values[i] for values in per_vector]) for i, name in enumerate(self.statistic_names)
-        }
+        return {name: torch.stack([values[i] for values in per_vector]) for i, name in enumerate(self.statistic_names)}
 
     def predict_batched(self, thetas: torch.Tensor, statistics: dict, X: torch.Tensor) -> torch.Tensor:
         """Logits ``(S, N, C)`` in eval mode; batch norms use ``statistics`` from :meth:`statistics`."""

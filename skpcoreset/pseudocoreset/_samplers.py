@@ -118,9 +118,18 @@ def sample_posterior(
     else:
         raise ValueError(f"posterior must be one of {POSTERIORS}; got {method!r}.")
     collected = _run_chains(
-        model, initial[:n_chains], X, targets, lrs=lrs, noisy=noisy, friction=0.1,
-        noise_std=noise_std, weight_decay=weight_decay, generator=generator,
-        collect_at=collect, progress=iter if progress is None else lambda steps_: progress(steps_, total=len(lrs)),
+        model,
+        initial[:n_chains],
+        X,
+        targets,
+        lrs=lrs,
+        noisy=noisy,
+        friction=0.1,
+        noise_std=noise_std,
+        weight_decay=weight_decay,
+        generator=generator,
+        collect_at=collect,
+        progress=iter if progress is None else lambda steps_: progress(steps_, total=len(lrs)),
     )
     return torch.cat(collected)[:n_samples]
 
@@ -193,12 +202,31 @@ class PosteriorSampler(BaseEstimator):
         """``posterior`` as a sampler: a method name gets the default settings."""
         return cls(posterior) if isinstance(posterior, str) else posterior
 
-    def sample(self, model: FlatModel, initial: torch.Tensor, X: torch.Tensor, targets: torch.Tensor, *,
-               n_represented: int, generator: torch.Generator, progress=None) -> torch.Tensor:
+    def sample(
+        self,
+        model: FlatModel,
+        initial: torch.Tensor,
+        X: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        n_represented: int,
+        generator: torch.Generator,
+        progress=None,
+    ) -> torch.Tensor:
         """Draw ``n_samples`` flat parameter vectors ``(n_samples, P)`` (see :func:`sample_posterior`)."""
         validate_parameter_constraints(self._parameter_constraints, self.get_params(deep=False), type(self).__name__)
         return sample_posterior(
-            self.method, model, initial, X, targets, n_samples=self.n_samples, steps=self.steps, lr=self.lr,
-            temperature=self.temperature, n_represented=n_represented, weight_decay=self.weight_decay,
-            generator=generator, progress=progress,
+            self.method,
+            model,
+            initial,
+            X,
+            targets,
+            n_samples=self.n_samples,
+            steps=self.steps,
+            lr=self.lr,
+            temperature=self.temperature,
+            n_represented=n_represented,
+            weight_decay=self.weight_decay,
+            generator=generator,
+            progress=progress,
         )

@@ -70,8 +70,12 @@ def train_expert_trajectories(
     device = X.device
     if strategy == "vmap":
         trainer = VmapEnsembleTrainer(
-            modules, spec, generator=make_generator(seeds[0], device), verbose=verbose,
-            desc=f"experts (vmap x{len(modules)})", **trainer_kwargs,
+            modules,
+            spec,
+            generator=make_generator(seeds[0], device),
+            verbose=verbose,
+            desc=f"experts (vmap x{len(modules)})",
+            **trainer_kwargs,
         )
         snapshots = ParameterSnapshots(lambda: _flat(trainer.params.values()))
         trainer.extra_callbacks.append(("trajectory", snapshots))
@@ -81,8 +85,16 @@ def train_expert_trajectories(
         {"seed": seeds[m], "net": nets[m], "desc": f"expert {m + 1}/{len(modules)}"} for m in range(len(modules))
     ]
     results = map_members(
-        _train_expert, modules, per_member, n_jobs=n_jobs, stop=lambda result: result[2],
-        X=X, y=y, spec=spec, verbose=verbose, trainer_kwargs=trainer_kwargs,
+        _train_expert,
+        modules,
+        per_member,
+        n_jobs=n_jobs,
+        stop=lambda result: result[2],
+        X=X,
+        y=y,
+        spec=spec,
+        verbose=verbose,
+        trainer_kwargs=trainer_kwargs,
     )
     runs = [run.to(device) for run, _, _ in results]
     histories = [history for _, history, _ in results]
@@ -93,12 +105,19 @@ def train_expert_trajectories(
     return torch.stack([run[:length] for run in runs]), strategy, histories, any(r[2] for r in results)
 
 
-def _train_expert(module: nn.Module, *, seed: int, net, desc: str, X, y, spec: TrainSpec, verbose: int,
-                  trainer_kwargs: dict):
+def _train_expert(
+    module: nn.Module, *, seed: int, net, desc: str, X, y, spec: TrainSpec, verbose: int, trainer_kwargs: dict
+):
     """One expert (picklable, for process workers): checkpoints ``(n_epochs + 1, P)``, history, interrupted."""
     snapshots = ParameterSnapshots(lambda: _flat(p.unsqueeze(0) for p in module.parameters()))
     trainer = Trainer(
-        module, spec, generator=make_generator(seed, X.device), net=net, verbose=verbose, desc=desc,
-        callbacks=[("trajectory", snapshots)], **trainer_kwargs,
+        module,
+        spec,
+        generator=make_generator(seed, X.device),
+        net=net,
+        verbose=verbose,
+        desc=desc,
+        callbacks=[("trajectory", snapshots)],
+        **trainer_kwargs,
     ).fit(X, y)
     return torch.cat(snapshots.snapshots), trainer.history, trainer.interrupted
