@@ -87,19 +87,23 @@ _SHARED_DOCS = {
         ``'members'``): what was learned until then is kept, and later phases run only where
         the estimator cannot predict without them.""",
     # method pieces (indented for a method docstring)
-    "fit_X_y": """Parameters
+    "X_y": """Parameters
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, *input_shape)
             Training rows: a numpy array, pandas DataFrame or torch tensor; image-shaped
             arrays keep their shape.
         y : array-like of shape (n_samples,)
-            Class labels.
+            Class labels.""",
+}
+_SHARED_DOCS["fit_X_y"] = (
+    _SHARED_DOCS["X_y"]
+    + """
 
         Returns
         -------
         self
-            The fitted estimator.""",
-}
+            The fitted estimator."""
+)
 
 
 def shared_constraints(*names: str) -> dict:
@@ -124,10 +128,10 @@ def fill_doc(obj):
     """Replace ``%(name)s`` in the docstrings of ``obj`` by the shared docstring piece ``name``.
 
     Pieces: ``input_shape``, ``mixed_precision``, ``device``, ``random_state``, ``verbose``
-    (parameters), ``fitted_basics``, ``interrupted`` (attributes) and, for methods, ``fit_X_y``
-    (the Parameters and Returns of ``fit(X, y)``). A class gets its own docstring and those of
-    the methods it defines filled. Only these markers are replaced, so the rest of a docstring
-    may hold any ``%`` or brace.
+    (parameters), ``fitted_basics``, ``interrupted`` (attributes) and, for methods, ``X_y``
+    (the Parameters ``X, y``) and ``fit_X_y`` (with the Returns of ``fit(X, y)``). A class gets
+    its own docstring and those of the methods it defines filled. Only these markers are
+    replaced, so the rest of a docstring may hold any ``%`` or brace.
     """
     targets = [obj]
     if isinstance(obj, type):

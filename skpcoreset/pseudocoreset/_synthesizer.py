@@ -24,7 +24,7 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 from skorch.history import History
 
-from .._base import TorchClassifierMixin, fill_doc, seed_from_random_state, shared_constraints
+from .._base import TorchClassifierMixin, fill_doc, seed_from_random_state, shared_constraints, store_params
 from .._holdout import holdout_split, paired_nll_standard_error, scores, warn_if_no_benefit
 from .._skorch import as_template, build_member_nets, logit_module, template_validation_split, train_spec_from_net
 from .._train import predict_batched
@@ -387,46 +387,14 @@ class PseudocoresetSynthesizer(
         random_state=None,
         verbose=0,
     ):
-        self.divergence = divergence
-        self.n_per_class = n_per_class
-        self.net = net
-        self.n_experts = n_experts
-        self.expert_epochs = expert_epochs
-        self.target_epochs = target_epochs
-        self.max_start_epoch = max_start_epoch
-        self.n_iterations = n_iterations
-        self.lr = lr
-        self.inner_steps = inner_steps
-        self.inner_lr = inner_lr
-        self.n_divergence_samples = n_divergence_samples
-        self.noise_scale = noise_scale
-        self.n_measurement = n_measurement
-        self.learn_labels = learn_labels
-        self.pool_size = pool_size
-        self.pool_lifetime = pool_lifetime
-        self.augment = augment
-        self.posterior = posterior
-        self.validation_fraction = validation_fraction
-        self.input_shape = input_shape
-        self.n_jobs = n_jobs
-        self.mixed_precision = mixed_precision
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
+        store_params(self, locals())
 
     # -- public API -----------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
         """Train the experts, synthesise the coreset and sample its posterior.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *input_shape)
-        y : array-like of shape (n_samples,)
-
-        Returns
-        -------
-        self
+        %(fit_X_y)s
         """
         return self._fit(X, y)
 
@@ -438,10 +406,7 @@ class PseudocoresetSynthesizer(
         input, ``(n_rows, *input_shape_)`` for image-shaped input. One-vs-all encoded ``y``
         comes back one-vs-all encoded.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *input_shape)
-        y : array-like of shape (n_samples,)
+        %(X_y)s
 
         Returns
         -------
