@@ -201,6 +201,12 @@ class PseudocoresetSynthesizer(
         (``initial_rows_``) through the same posterior procedure (see ``validation_scores_``);
         'variational' also calibrates its predictive there (``predictive_logit_scale_``).
         0, or ``divergence='random'``, skips the check and fits on all rows.
+    check_benefit : {'select', 'warn'}, default='select'
+        What the held-out check does when the random starting rows predict the held-out rows
+        better than the synthesised coreset (lower NLL): 'select' keeps the starting rows as
+        the coreset, with their posterior (``selected_ = 'random_subset'``; on a small, easy
+        table ten real rows per class can beat any synthetic ten), 'warn' keeps the synthesised
+        coreset. Both warn (:class:`~skpcoreset.exceptions.NoBenefitWarning`).
     %(input_shape)s
     n_jobs : int or None, default=None
         Workers for experts trained one after another (other networks than buffer-free dense
@@ -272,6 +278,10 @@ class PseudocoresetSynthesizer(
         iterations; a completed synthesis keeps its last coreset, as the papers do) and then
         samples its posterior, which a second Ctrl-C stops cleanly (no posterior: predicting
         raises ``NotFittedError``).
+    selected_ : {'pseudocoreset', 'random_subset'}
+        What ``coreset_X_`` and the posterior are: the synthesised coreset, or (after
+        ``check_benefit='select'`` found it worse on the held-out rows) its random real
+        starting rows ``initial_rows_``.
     validation_scores_ : dict or None
         Held-out ``accuracy``, ``nll`` and ``ece`` of ``'pseudocoreset'`` (the fitted
         coreset's Bayesian model average) and ``'random_subset'`` (the same posterior sampler,
@@ -351,6 +361,7 @@ class PseudocoresetSynthesizer(
         "augment": [None, StrOptions({"auto", *NAMED_AUGMENTATIONS}), callable],
         "posterior": [StrOptions(set(POSTERIORS)), PosteriorSampler],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "check_benefit": [StrOptions({"select", "warn"})],
         "n_jobs": [None, Integral],
         **shared_constraints("input_shape", "mixed_precision", "device", "random_state", "verbose"),
     }
@@ -380,6 +391,7 @@ class PseudocoresetSynthesizer(
         augment="auto",
         posterior="sghmc",
         validation_fraction=0.1,
+        check_benefit="select",
         input_shape=None,
         n_jobs=None,
         mixed_precision="no",
@@ -551,6 +563,7 @@ class PseudocoresetSynthesizer(
         self.coreset_y_ = self.classes_[y[rows]]
         self.coreset_label_proba_ = targets.cpu().numpy().astype(np.float64)
         self.sampling_strategy_ = OrderedDict((c, self.n_per_class) for c in self.classes_)
+        self.selected_ = "pseudocoreset"
         if self.interrupted_ != "experts":  # an unsynthesised coreset gets no posterior to predict with
             posterior_init = torch.stack([model.flatten(m) for m in modules[self.n_experts :]])
             self._sample_posterior(posterior, model, posterior_init, coreset.detach(), targets, len(X), generator)
@@ -598,6 +611,8 @@ class PseudocoresetSynthesizer(
         proba = self._bma_proba(X_v, self._posterior_state()).cpu().numpy()
         baseline_proba = self._bma_proba(X_v, baseline).cpu().numpy()
         self.fit_seconds_["validation"] = self._clock() - started
+        if self.check_benefit == "select" and scores(y_val, baseline_proba)["nll"] < scores(y_val, proba)["nll"]:
+            self._keep_starting_rows(baseline, coreset, one_hot)
         self.validation_scores_ = {
             "pseudocoreset": scores(y_val, proba),
             "random_subset": scores(y_val, baseline_proba),
@@ -609,10 +624,27 @@ class PseudocoresetSynthesizer(
             "random_subset",
             self.validation_scores_,
             f"It must win by one paired standard error ({self.benefit_margin_:.4f} nats) over the random "
-            "real rows it started from (initial_rows_) under the same posterior. Synthesise longer or "
-            "faster (n_iterations, lr), or use another divergence.",
+            "real rows it started from (initial_rows_) under the same posterior"
+            + (
+                "; those rows predict better here, so they are kept as the coreset (selected_='random_subset')."
+                if self.selected_ == "random_subset"
+                else "."
+            )
+            + " Synthesise longer or faster (n_iterations, lr), or use another divergence.",
             margin=self.benefit_margin_,
         )
+
+    def _keep_starting_rows(self, baseline: dict, rows: torch.Tensor, one_hot: torch.Tensor) -> None:
+        """Make the random real starting rows, with the baseline's posterior, the fitted coreset."""
+        self.selected_ = "random_subset"
+        self.coreset_X_ = rows.detach().cpu().numpy()
+        self.coreset_label_proba_ = one_hot.cpu().numpy().astype(np.float64)
+        self.posterior_samples_, self.posterior_statistics_ = baseline["samples"], baseline["statistics"]
+        if self.divergence == "variational":
+            self.coreset_targets_ = baseline["targets"]
+            self.likelihood_precision_ = baseline["likelihood_precision"]
+            self.prior_precision_ = baseline["prior_precision"]
+            self.predictive_variance_scale_, self.predictive_logit_scale_ = baseline["scales"]
 
     def _sample_posterior(self, posterior, model, initial, coreset, targets, n_represented, generator) -> None:
         started = self._clock()
