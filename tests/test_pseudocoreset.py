@@ -388,9 +388,12 @@ def test_expert_trajectories_hold_a_checkpoint_per_epoch(module, digits_small):
 
 # -- the estimator -----------------------------------------------------------------------------
 @pytest.mark.parametrize("divergence", ["random", "forward_kl", "reverse_kl", "wasserstein", "function_space"])
+@pytest.mark.filterwarnings("ignore::skpcoreset.exceptions.NoBenefitWarning")
 def test_every_divergence_returns_the_coreset_in_the_input_layout(divergence, digits_small):
     X, y = digits_small
-    pc = PseudocoresetSynthesizer(divergence=divergence, n_per_class=2, random_state=0, **FAST)
+    # check_benefit='warn': the synthesised rows themselves, even where a 10-step tiny fit loses
+    # to its random start
+    pc = PseudocoresetSynthesizer(divergence=divergence, n_per_class=2, check_benefit="warn", random_state=0, **FAST)
     X_core, y_core = pc.fit_resample(X.astype(np.float64), y)
     assert X_core.shape == (20, 64) and X_core.dtype == np.float64
     assert np.array_equal(np.bincount(y_core), np.full(10, 2))
