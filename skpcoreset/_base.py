@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import _fit_context
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
@@ -233,6 +234,7 @@ def _sample_shape_of(X: Any) -> tuple[int, ...] | None:
     return None
 
 
+@fill_doc
 class TorchEstimatorMixin:
     """Validation, label encoding, device and seeding shared by all skpcoreset estimators.
 
@@ -241,6 +243,24 @@ class TorchEstimatorMixin:
     that is None or a bare ``nn.Module`` class becomes a skorch template as soon as a nested
     ``net__*`` parameter is set (``GridSearchCV`` over ``net__module__width``).
     """
+
+    # -- the template of fit: validation lives here, the estimator writes ``_fit`` ----------
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        """Validate ``(X, y)``, then run the estimator's algorithm (see the class docstring).
+
+        %(fit_X_y)s
+        """
+        X, y = self._validate_X_y(X, self._fit_target(y))
+        return self._fit(X, y)
+
+    def _fit_target(self, y):
+        """``y`` as ``_validate_X_y`` takes it (a hook: samplers accept one-vs-all rows)."""
+        return y
+
+    def _fit(self, X: np.ndarray, y: np.ndarray):
+        """The algorithm, on validated ``X`` and encoded labels ``y`` (``classes_[y]`` are the labels)."""
+        raise NotImplementedError
 
     _requires_y = False  # outlier detectors and transformers that still need labels in fit
     _net_role = "member"  # the preset (skpcoreset._presets) a ``net=None`` stands for

@@ -8,7 +8,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -354,15 +354,9 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
     ):
         store_params(self, locals())
 
-    # -- fit ------------------------------------------------------------------------------------
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
-        """Fit (or take) the teacher and distil it into the student.
-
-        %(fit_X_y)s
-        """
+    def _fit(self, X, y):
+        """Fit (or take) the teacher and distil it into the student."""
         self._check_perturbation_fits()
-        X, y = self._validate_X_y(X, y)
         self.interrupted_ = None
         generator = self._init_torch()
         teacher_seed, student_seed = seed_from_random_state(self._seed, 2)

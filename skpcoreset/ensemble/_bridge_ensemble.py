@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
@@ -245,14 +245,8 @@ class BridgeEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimat
     ):
         store_params(self, locals())
 
-    # -- fitting -------------------------------------------------------------------------------
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
-        """Train the modes, the curves between mode 0 and each other mode, and the bridges.
-
-        %(fit_X_y)s
-        """
-        X, y = self._validate_X_y(X, y)
+    def _fit(self, X, y):
+        """Train the modes, the curves between mode 0 and each other mode, and the bridges."""
         self._init_torch()
         self._augment = resolve_augmentation(self.augment, self.input_shape_, fill=float(X.min()))
         seeds = iter(seed_from_random_state(self._seed, 3 + 3 * self.n_modes))

@@ -6,7 +6,7 @@ from numbers import Integral
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
@@ -104,13 +104,8 @@ class DeepEnsembleClassifier(TorchClassifierMixin, ClassifierMixin, BaseEstimato
     ):
         store_params(self, locals())
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
-        """Train ``n_members`` members on ``(X, y)``.
-
-        %(fit_X_y)s
-        """
-        X, y = self._validate_X_y(X, y)
+    def _fit(self, X, y):
+        """Train ``n_members`` members on ``(X, y)``."""
         augment = resolve_augmentation(self.augment, self.input_shape_, fill=float(X.min()))
         self._init_torch()
         run = train_template_members(

@@ -403,14 +403,6 @@ class PseudocoresetSynthesizer(
 
     # -- public API -----------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
-        """Train the experts, synthesise the coreset and sample its posterior.
-
-        %(fit_X_y)s
-        """
-        return self._fit(X, y)
-
-    @_fit_context(prefer_skip_nested_validation=True)
     def fit_resample(self, X, y):
         """Fit and return the coreset ``(X_coreset, y_coreset)``.
 
@@ -438,7 +430,7 @@ class PseudocoresetSynthesizer(
         return arrays_transformer.transform(X_out, y_out)
 
     def _fit_resample(self, X, y):
-        self._fit(X, y)
+        self._fit(*self._validate_X_y(X, self._fit_target(y)))
         if self.interrupted_ == "experts" and self.divergence != "random":
             warnings.warn(
                 "fit was interrupted while training the experts, before any synthesis: the rows "
@@ -491,10 +483,13 @@ class PseudocoresetSynthesizer(
         return predict_batched(lambda xb: bayesian_model_average(model, samples, xb, statistics), X)
 
     # -- fitting --------------------------------------------------------------------------
-    def _fit(self, X, y):
+    def _fit_target(self, y):
         if y is not None and type_of_target(y) == "multilabel-indicator":
-            y = check_target_type(y)  # one-vs-all rows -> class index; true multilabel raises
-        X, y = self._validate_X_y(X, y)
+            return check_target_type(y)  # one-vs-all rows -> class index; true multilabel raises
+        return y
+
+    def _fit(self, X, y):
+        """Train the experts, synthesise the coreset and sample its posterior."""
         augment = resolve_augmentation(self.augment, self.input_shape_)  # fail before training
         posterior = PosteriorSampler.of(self.posterior)
         generator = self._init_torch()

@@ -8,7 +8,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
@@ -257,21 +257,8 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         return tags
 
     # -- fitting ------------------------------------------------------------------------------
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
-        """Train (or take) theta*, prepare the influence ``method`` and score the training set.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *input_shape)
-        y : array-like of shape (n_samples,)
-            The (possibly noisy) labels whose influence is measured.
-
-        Returns
-        -------
-        self
-        """
-        X, y_encoded = self._validate_X_y(X, y)
+    def _fit(self, X, y_encoded):
+        """Train (or take) theta*, prepare the influence ``method`` and score the training set."""
         generator = self._init_torch()
         X_t, y_t = self._to_tensor(X), self._to_tensor(y_encoded, dtype=torch.long)
         checkpoints = self._fit_base(X_t, y_t)
@@ -282,7 +269,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
             self.interrupted_ = "members"
         self.training_strategy_ = getattr(scorer, "strategy", None)
         self._record_training_scores(scorer, X_t, y_t)
-        self.train_labels_ = np.asarray(column_or_1d(y)).copy()
+        self.train_labels_ = self.classes_[y_encoded]
         self.train_fingerprint_ = _fingerprint(X)
         self.threshold_ = self._threshold(self.self_influence_)
         self.offset_ = -self.threshold_

@@ -8,7 +8,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
@@ -206,14 +206,8 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
     ):
         store_params(self, locals())
 
-    # -- fitting ------------------------------------------------------------------------------
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
-        """Obtain a trained network (training it if needed) and fit the Laplace posterior.
-
-        %(fit_X_y)s
-        """
-        X, y = self._validate_X_y(X, y)
+    def _fit(self, X, y):
+        """Obtain a trained network (training it if needed) and fit the Laplace posterior."""
         self._check_prior_choice()
         self._init_torch()
         X_t, y_t = self._to_tensor(X), self._to_tensor(y, dtype=torch.long)
