@@ -961,3 +961,11 @@ def test_variational_predictive_is_calibrated_on_the_held_out_rows(digits_small)
     assert scores(y[held_out], proba[held_out])["nll"] < scores(y[held_out], plain[held_out])["nll"]
     unscaled = PseudocoresetSynthesizer("variational", n_per_class=1, validation_fraction=0, random_state=0, **FAST)
     assert (unscaled.fit(X, y).predictive_variance_scale_, unscaled.predictive_logit_scale_) == (1.0, 1.0)
+
+
+def test_a_diverged_synthesis_says_to_lower_lr(digits_small):
+    # lr=10 sent the forward-KL coreset to NaN and the user got "proba contains NaN or infinite
+    # values" from the held-out check
+    X, y = digits_small
+    with pytest.raises(ValueError, match="Lower lr"):
+        PseudocoresetSynthesizer("forward_kl", n_per_class=1, random_state=0, **dict(FAST, lr=10.0)).fit(X, y)

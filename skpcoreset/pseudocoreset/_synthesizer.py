@@ -553,6 +553,11 @@ class PseudocoresetSynthesizer(
                 init_seeds[: self.n_experts],
                 augment,
             )
+        if not (bool(torch.isfinite(coreset).all()) and bool(torch.isfinite(label_logits).all())):
+            raise ValueError(
+                f"Synthesis diverged: the coreset holds non-finite values after divergence={self.divergence!r} "
+                f"steps at lr={self.lr_:g}. Lower lr (e.g. lr={self.lr_ / 10:g})."
+            )
         targets = self._targets(label_logits, y_t[rows], n_classes).detach()
         self.coreset_X_ = coreset.detach().cpu().numpy()
         self.coreset_y_ = self.classes_[y[rows]]
@@ -562,6 +567,7 @@ class PseudocoresetSynthesizer(
         if self.interrupted_ != "experts":  # an unsynthesised coreset gets no posterior to predict with
             posterior_init = torch.stack([model.flatten(m) for m in modules[self.n_experts :]])
             self._sample_posterior(posterior, model, posterior_init, coreset.detach(), targets, len(X), generator)
+            self._check_finite_posterior(posterior)
             if self.interrupted_ is None and len(held_out):
                 self._check_benefit(
                     posterior,
@@ -628,6 +634,15 @@ class PseudocoresetSynthesizer(
             + " Synthesise longer or faster (n_iterations, lr), or use another divergence.",
             margin=self.benefit_margin_,
         )
+
+    def _check_finite_posterior(self, posterior: PosteriorSampler) -> None:
+        samples = getattr(self, "posterior_samples_", None)
+        if samples is not None and not bool(torch.isfinite(samples).all()):
+            raise ValueError(
+                f"The coreset's posterior samples are not finite: the synthesis (lr={self.lr_:g}) or the "
+                f"posterior sampler (posterior__lr={posterior.lr:g}) diverged. Lower lr (e.g. "
+                f"lr={self.lr_ / 10:g}) or posterior__lr."
+            )
 
     def _keep_starting_rows(self, baseline: dict, rows: torch.Tensor, one_hot: torch.Tensor) -> None:
         """Make the random real starting rows, with the baseline's posterior, the fitted coreset."""
