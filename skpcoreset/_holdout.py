@@ -15,7 +15,14 @@ import numpy as np
 from .exceptions import NoBenefitWarning
 from .metrics import accuracy, expected_calibration_error, negative_log_likelihood
 
-__all__ = ["holdout_split", "scores", "warn_if_no_benefit", "beats_by_one_standard_error", "paired_nll_standard_error"]
+__all__ = [
+    "holdout_split",
+    "scores",
+    "warn_if_no_benefit",
+    "standard_error",
+    "paired_nll_standard_error",
+    "beats_by_one_standard_error",
+]
 
 
 def holdout_split(y: np.ndarray, fraction: float, random_state) -> tuple[np.ndarray, np.ndarray]:
@@ -46,6 +53,12 @@ def scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     }
 
 
+def standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean of ``values`` (``std(ddof=1) / sqrt(n)``); 0 for fewer than two."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
 def paired_nll_standard_error(y: np.ndarray, proba: np.ndarray, baseline_proba: np.ndarray) -> float:
     """One standard error of the mean per-sample NLL difference of two predictions of the same rows.
 
@@ -54,7 +67,7 @@ def paired_nll_standard_error(y: np.ndarray, proba: np.ndarray, baseline_proba: 
     """
     rows = np.arange(len(y))
     difference = np.log(np.clip(proba[rows, y], 1e-12, None)) - np.log(np.clip(baseline_proba[rows, y], 1e-12, None))
-    return float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else 0.0
+    return standard_error(difference)
 
 
 def warn_if_no_benefit(
@@ -84,6 +97,4 @@ def beats_by_one_standard_error(gains: np.ndarray) -> bool:
     is never enough.
     """
     gains = np.asarray(gains, dtype=np.float64)
-    if len(gains) < 2:
-        return False
-    return bool(gains.mean() > gains.std(ddof=1) / np.sqrt(len(gains)))
+    return len(gains) > 1 and bool(gains.mean() > standard_error(gains))

@@ -23,7 +23,7 @@ from .._base import (
     shared_constraints,
     store_params,
 )
-from .._holdout import holdout_split, scores, warn_if_no_benefit
+from .._holdout import holdout_split, paired_nll_standard_error, scores, warn_if_no_benefit
 from .._skorch import build_member_nets, forward_flops, train_spec_from_net
 from .._train import Trainer, predict_batched, train_members
 from ..augment import NAMED_AUGMENTATIONS, resolve_augmentation
@@ -459,11 +459,7 @@ class DiverseDistiller(TorchEstimatorMixin, ClassifierMixin, BaseEstimator):
         self.validation_scores_["kd_student"] = scores(y_valid, kd_proba)
         # the benefit must exceed one standard error of the paired per-sample NLL difference
         student_proba = self._proba_of(self.student_, self.merged_, X_t)
-        rows = np.arange(len(y_valid))
-        difference = np.log(np.clip(student_proba[rows, y_valid], 1e-12, None)) - np.log(
-            np.clip(kd_proba[rows, y_valid], 1e-12, None)
-        )
-        self.benefit_margin_ = float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else 0.0
+        self.benefit_margin_ = paired_nll_standard_error(y_valid, student_proba, kd_proba)
         select = self.check_benefit == "select"
         method = f"{self.perturbation} student"
         benefit = warn_if_no_benefit(

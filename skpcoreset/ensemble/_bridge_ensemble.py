@@ -23,7 +23,7 @@ from .._base import (
     shared_constraints,
     store_params,
 )
-from .._holdout import holdout_split, scores, warn_if_no_benefit
+from .._holdout import holdout_split, scores, standard_error, warn_if_no_benefit
 from .._presets import PRESETS, auto_epochs
 from .._skorch import as_template, build_member_nets, template_validation_split, train_template_members
 from .._train import TrainSpec, predict_batched
@@ -488,7 +488,7 @@ class BridgeEnsembleClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEstimat
                     break
                 j, trial = min(trials.items(), key=lambda item: item[1].mean())
                 gain = current - trial
-                noise = _SELECTION_Z * gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
+                noise = _SELECTION_Z * standard_error(gain) if len(gain) > 1 else np.inf
                 if not gain.mean() > max(_SELECTION_MARGIN, noise):
                     break
                 kept, current = kept + [j], trial
