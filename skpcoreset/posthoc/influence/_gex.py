@@ -348,10 +348,8 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
             self.influence_loss_agreement_ = scorer.loss_agreement
         self.theta_at_optimum_ = bool(getattr(scorer, "at_optimum", True))
         if self.method == "gex" and not self.theta_at_optimum_:
-            ranked = (
+            ranked = self._loss_fallback(
                 "Samples are ranked by the loss at theta* instead (method='loss', which ranks better here)"
-                if self.estimate == "loo_loss"
-                else "The loss at theta* (method='loss', the default estimate's fallback) ranks better here"
             )
             warnings.warn(
                 "GeometricEnsembleInfluence: the geometric-ensemble members, which continue training from "
@@ -364,11 +362,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
                 stacklevel=3,
             )
         elif self.method == "gex" and not scorer.regime_sound:
-            ranked = (
-                "Samples are ranked by the loss at theta* instead (method='loss')"
-                if self.estimate == "loo_loss"
-                else "The loss at theta* (method='loss', the default estimate's fallback) ranks better here"
-            )
+            ranked = self._loss_fallback("Samples are ranked by the loss at theta* instead (method='loss')")
             warnings.warn(
                 "GeometricEnsembleInfluence: the members' self-influence ranks the training samples "
                 f"opposite to their loss at theta* (Spearman {self.influence_loss_agreement_:.2f}; member "
@@ -387,6 +381,12 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
                 NoBenefitWarning,
                 stacklevel=3,
             )
+
+    def _loss_fallback(self, loo_loss_phrase: str) -> str:
+        """What a NoBenefitWarning says ranks instead: the default estimate falls back to the loss."""
+        if self.estimate == "loo_loss":
+            return loo_loss_phrase
+        return "The loss at theta* (method='loss', the default estimate's fallback) ranks better here"
 
     def _threshold(self, scores: np.ndarray) -> float:
         if self.contamination == "otsu":
