@@ -430,7 +430,7 @@ class PseudocoresetSynthesizer(
         return arrays_transformer.transform(X_out, y_out)
 
     def _fit_resample(self, X, y):
-        self._fit(*self._validate_X_y(X, self._fit_target(y)))
+        self.fit(X, y)  # the mixin's fit: validation, then _fit
         if self.interrupted_ == "experts" and self.divergence != "random":
             warnings.warn(
                 "fit was interrupted while training the experts, before any synthesis: the rows "
