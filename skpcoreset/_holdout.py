@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from .exceptions import NoBenefitWarning
+from .exceptions import NoBenefitWarning, user_stacklevel
 from .metrics import accuracy, expected_calibration_error, negative_log_likelihood
 
 __all__ = [
@@ -85,7 +85,7 @@ def warn_if_no_benefit(
         f"{owner}: on the held-out split the {method} (NLL {method_nll:.4f}) did not beat the {baseline} "
         f"(NLL {baseline_nll:.4f}). {advice}",
         NoBenefitWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
     return False
 

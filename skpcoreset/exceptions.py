@@ -4,7 +4,32 @@ Filter them like any warning, e.g. ``warnings.simplefilter("error", NoBenefitWar
 a fit fail when its method does not beat its baseline on held-out data.
 """
 
+import contextlib
+import os
+import sys
+
 __all__ = ["NoBenefitWarning"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` call that makes the warning name the user's line.
+
+    Counts the frames from the caller to the first one outside this package, scikit-learn,
+    imbalanced-learn, joblib and the standard library's context managers (``fit`` reaches our
+    code through sklearn's parameter-validation wrapper, or through ``GridSearchCV``), so a
+    warning raised deep in a fit points at the user's ``fit`` or search call.
+    """
+    skipped = (_PACKAGE_DIR, contextlib.__file__) + tuple(
+        os.path.dirname(sys.modules[name].__file__) + os.sep
+        for name in ("sklearn", "imblearn", "joblib")
+        if getattr(sys.modules.get(name), "__file__", None)
+    )
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(skipped):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class NoBenefitWarning(UserWarning):

@@ -12,10 +12,13 @@ editing this file.
 import inspect
 import warnings
 
+import numpy as np
 import pytest
 from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.model_selection import GridSearchCV
 
-from skpcoreset import _train
+from skpcoreset import PseudocoresetSynthesizer, _train
 from tests.test_common import ESTIMATOR_CLASSES, TABULAR, _fit_data
 
 
@@ -56,3 +59,16 @@ def test_ctrl_c_keeps_what_was_learned_and_names_the_phase(estimator, digits_sma
         f"{type(estimator).__name__}.interrupted_ = {model.interrupted_!r} after a Ctrl-C in {fired[0]!r}; "
         "it should name the phase"
     )
+
+
+def test_a_warning_raised_inside_fit_names_the_users_line():
+    # NoBenefitWarning and the synthesizer's warnings used to point at skpcoreset/_base.py
+    X, y = load_digits(return_X_y=True)
+    X, y = (X[:200] / 16).astype(np.float32), y[:200]
+    synthesizer = PseudocoresetSynthesizer(n_per_class=30, n_iterations=2, expert_epochs=1, random_state=0)
+    with pytest.warns(UserWarning, match="exceeds the rows of some classes") as record:
+        synthesizer.fit(X, y)  # the line the warning must name
+    assert {w.filename for w in record if "exceeds the rows" in str(w.message)} == {__file__}
+    with pytest.warns(UserWarning, match="exceeds the rows of some classes") as record:
+        GridSearchCV(synthesizer, {"n_per_class": [30]}, cv=2).fit(X, y)
+    assert {w.filename for w in record if "exceeds the rows" in str(w.message)} == {__file__}

@@ -29,6 +29,7 @@ from .._holdout import holdout_split, paired_nll_standard_error, scores, warn_if
 from .._skorch import as_template, build_member_nets, logit_module, template_validation_split, train_spec_from_net
 from .._train import predict_batched
 from ..augment import NAMED_AUGMENTATIONS, resolve_augmentation
+from ..exceptions import user_stacklevel
 from ._divergences import DIVERGENCES, SynthesisProblem
 from ._functional import FlatModel, inner_sgd
 from ._samplers import POSTERIORS, PosteriorSampler, bayesian_model_average
@@ -455,7 +456,7 @@ class PseudocoresetSynthesizer(
                 "fit was interrupted while training the experts, before any synthesis: the rows "
                 "returned are the random initial subset (initial_rows_), not a pseudocoreset.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         return self.coreset_X_, self.coreset_y_
 
@@ -611,7 +612,11 @@ class PseudocoresetSynthesizer(
                 model, initial, coreset, one_hot, n_represented=self.n_represented_, generator=generator
             )
         except KeyboardInterrupt:
-            warnings.warn("The benefit check was interrupted; validation_scores_ is None.", UserWarning, stacklevel=4)
+            warnings.warn(
+                "The benefit check was interrupted; validation_scores_ is None.",
+                UserWarning,
+                stacklevel=user_stacklevel(),
+            )
             return
         finally:
             self.fit_seconds_["validation"] = self._clock() - started
@@ -694,7 +699,7 @@ class PseudocoresetSynthesizer(
             warnings.warn(
                 "Posterior sampling interrupted; the coreset is kept, predict_proba needs a refit.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
             return
         finally:
@@ -727,7 +732,7 @@ class PseudocoresetSynthesizer(
                 f"n_per_class={self.n_per_class} exceeds the rows of some classes ({listed}): their coreset "
                 "rows start from repeated real rows (see initial_rows_) and are synthesised apart.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
         return np.concatenate(rows)
 
@@ -868,7 +873,7 @@ class PseudocoresetSynthesizer(
             warnings.warn(
                 f"Synthesis interrupted after {len(losses)} iteration(s); keeping the best coreset so far.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         self.n_iterations_ = len(losses)
         self.likelihood_precision_ = float(log_beta.detach().exp())
@@ -963,7 +968,7 @@ class PseudocoresetSynthesizer(
                 f"Synthesis interrupted after {len(losses)} iteration(s); keeping {kept}. Its posterior is "
                 "sampled next (Ctrl-C again to skip it).",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         self.n_iterations_ = len(losses)
         values = torch.stack(losses).cpu().tolist() if losses else []
