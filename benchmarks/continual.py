@@ -38,7 +38,7 @@ def split_tasks(X, y):
     return [(X[np.isin(y, [2 * t, 2 * t + 1])], y[np.isin(y, [2 * t, 2 * t + 1])]) for t in range(5)]
 
 
-def memory_builder(kind: str, n_per_class: int, seed: int):
+def memory_builder(kind: str, n_per_class: int, seed: int, soft_labels: bool = False, n_classes: int = 10):
     if kind == "none":
         return lambda X, y, t: (X[:0], y[:0])
     divergence = kind.removesuffix("_cumulative").removesuffix("_conditioned")
@@ -58,9 +58,17 @@ def memory_builder(kind: str, n_per_class: int, seed: int):
             return new.fit_resample(X_u, y[index])
 
         return random_cumulative
-    return lambda X, y, t: PseudocoresetSynthesizer(
-        divergence=divergence, random_state=10 * seed + t, **synthesis
-    ).fit_resample(X, y)
+
+    def pseudocoreset(X, y, t):
+        synthesizer = PseudocoresetSynthesizer(divergence=divergence, random_state=10 * seed + t, **synthesis)
+        X_memory, y_memory = synthesizer.fit_resample(X, y)
+        if not soft_labels or divergence == "random":
+            return X_memory, y_memory
+        proba = np.zeros((len(X_memory), n_classes), dtype=np.float32)  # learned labels, global columns
+        proba[:, synthesizer.classes_] = synthesizer.coreset_label_proba_
+        return X_memory, proba
+
+    return pseudocoreset
 
 
 def main():
@@ -69,6 +77,11 @@ def main():
     parser.add_argument("--n-per-class", nargs="+", type=int, default=[1, 5])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--memories", nargs="+", default=list(MEMORIES), choices=MEMORIES)
+    parser.add_argument(
+        "--soft-labels",
+        action="store_true",
+        help="replay pseudocoresets with their learned soft labels (coreset_label_proba_) instead of hard ones",
+    )
     parser.add_argument("--name", default="continual_digits")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -85,7 +98,7 @@ def main():
                     continual_replay,
                     tasks,
                     test_tasks,
-                    memory_builder(kind, n_per_class, seed),
+                    memory_builder(kind, n_per_class, seed, soft_labels=args.soft_labels),
                     net=net,
                     scenario=args.scenarios,
                     random_state=seed,
@@ -98,6 +111,7 @@ def main():
                             scenario=scenario,
                             n_per_class=n_per_class,
                             memory=kind,
+                            soft_labels=args.soft_labels,
                             seed=seed,
                             final_mean_accuracy=finals[scenario][-1],
                             seconds=seconds,
@@ -110,6 +124,7 @@ def main():
                         scenario=scenario,
                         n_per_class=n_per_class,
                         memory=kind,
+                        soft_labels=args.soft_labels,
                         mean=float(np.mean(values)),
                         std=float(np.std(values)),
                         per_seed=values,

@@ -172,3 +172,37 @@ def test_variational_replay_beats_random_replay_in_both_scenarios(memory, split)
         finals[divergence] = {s: float(a[-1].mean()) for s, a in accuracy.items()}
     for scenario in ("task", "class"):
         assert finals["variational"][scenario] > finals["random"][scenario], finals
+
+
+def test_a_memory_of_class_probabilities_trains_on_soft_targets(split, monkeypatch):
+    X_train, y_train, X_test, y_test = split
+    tasks, tests = _tasks(X_train, y_train)[:2], _tasks(X_test, y_test)[:2]
+    net = make_net(max_epochs=1, lr=1e-3, batch_size=32, module__hidden_sizes=(16,))
+    trained_on, received = [], []
+    fit = Trainer.fit
+
+    def recording_fit(self, X, y, **kwargs):
+        trained_on.append(y.clone())
+        return fit(self, X, y, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", recording_fit)
+
+    def make_memory(X, y, t):  # 1 row per class, 0.8 on its class and 0.2 on the task's other class
+        received.append(y.copy())
+        classes = np.unique(y[: len(tasks[t][1])])
+        rows = np.array([np.flatnonzero(y == c)[0] for c in classes])
+        proba = np.zeros((len(rows), 4))  # the two tasks' four classes
+        proba[np.arange(len(rows)), classes] = 0.8
+        proba[np.arange(len(rows)), classes[::-1]] = 0.2
+        return X[rows], proba
+
+    continual_replay(tasks, tests, make_memory, net=net, random_state=0, memory="conditioned")
+    assert trained_on[0].dtype == torch.long  # no soft memory yet: class indices as before
+    second = trained_on[1]
+    assert second.ndim == 2 and second.shape[1] == 4
+    replayed = second[len(tasks[1][1]) :]
+    np.testing.assert_allclose(np.sort(replayed.numpy(), 1)[:, -2:], np.tile([0.2, 0.8], (len(replayed), 1)), rtol=1e-6)
+    np.testing.assert_array_equal(second[: len(tasks[1][1])].argmax(1).numpy(), tasks[1][1])  # task rows one-hot
+    assert received[1].ndim == 1 and set(np.unique(received[1])) == {0, 1, 2, 3}  # make_memory gets indices
+    with pytest.raises(ValueError, match="probabilities of shape"):
+        continual_replay(tasks, tests, lambda X, y, t: (X[:2], np.ones((2, 3))), net=net, random_state=0)

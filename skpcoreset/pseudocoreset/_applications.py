@@ -43,6 +43,11 @@ def continual_replay(
     tasks, test_tasks : sequence of (X, y)
         Training and test data per task; labels are global class indices.
     make_memory : callable ``(X, y, task_index) -> (X_memory, y_memory)``
+        ``y_memory``: class indices, or class probabilities of shape ``(n_memory, n_classes)``
+        (e.g. a pseudocoreset's learned soft labels, ``coreset_label_proba_`` over its
+        ``classes_``, placed in the global class columns). With probabilities the network trains
+        on soft targets (the task's own rows one-hot), and ``make_memory`` still receives class
+        indices: each memory row's most probable class.
     net : None, nn.Module subclass or skorch NeuralNetClassifier
         Network and training settings per task (``max_epochs`` epochs per task).
     n_classes : int or None
@@ -81,37 +86,50 @@ def continual_replay(
     ].module_
     spec = train_spec_from_net(template, n_samples=len(tasks[0][1]))
     memory_X = np.empty((0, *input_shape), dtype=np.float32)
-    memory_y = np.empty(0, dtype=np.int64)
+    memory_proba = np.empty((0, n_classes), dtype=np.float32)  # one-hot rows for class-index memories
+    soft = False  # whether any memory came as probabilities
     accuracy = {s: np.full((len(tasks), len(tasks)), np.nan) for s in scenarios}
     for t, (X, y) in enumerate(tasks):
         # The memory is repeated up to the task's size so that replay is not drowned out.
-        repeats = int(np.ceil(len(X) / len(memory_y))) if len(memory_y) else 0
+        repeats = int(np.ceil(len(X) / len(memory_proba))) if len(memory_proba) else 0
         tiled = np.tile(memory_X, (repeats,) + (1,) * len(input_shape))
         X_all = np.concatenate([np.asarray(X, dtype=np.float32), tiled])
-        y_all = np.concatenate([np.asarray(y, dtype=np.int64), np.tile(memory_y, repeats)])
+        proba_all = np.concatenate(
+            [np.eye(n_classes, dtype=np.float32)[np.asarray(y)], np.tile(memory_proba, (repeats, 1))]
+        )
+        y_all = proba_all.argmax(1)
         X_train = torch.as_tensor(X_all, dtype=torch.float32, device=device)
-        y_train = torch.as_tensor(y_all, device=device)
+        y_train = torch.as_tensor(proba_all if soft else y_all, device=device)
         Trainer(module, spec, generator=make_generator(seeds[1 + t], device)).fit(X_train, y_train)
         seen = np.unique(np.concatenate([task_y for _, task_y in tasks[: t + 1]]))
         for s in scenarios:
             for j, (X_test, y_test) in enumerate(test_tasks[: t + 1]):
                 allowed = np.unique(tasks[j][1]) if s == "task" else seen
                 accuracy[s][t, j] = _restricted_accuracy(module, X_test, y_test, allowed, device)
+        X_mem, y_mem = make_memory(X_all, y_all, t) if memory != "per_task" else make_memory(X, y, t)
+        X_mem = np.asarray(X_mem, dtype=np.float32).reshape(-1, *input_shape)
+        proba_mem, soft_mem = _memory_probabilities(y_mem, len(X_mem), n_classes)
+        soft = soft or soft_mem
         if memory == "cumulative":
-            X_mem, y_mem = make_memory(X_all, y_all, t)
-            memory_X = np.asarray(X_mem, dtype=np.float32).reshape(-1, *input_shape)
-            memory_y = np.asarray(y_mem, dtype=np.int64)
-        elif memory == "conditioned":
-            X_mem, y_mem = make_memory(X_all, y_all, t)
-            keep = np.isin(np.asarray(y_mem), np.unique(y))
-            X_new = np.asarray(X_mem, dtype=np.float32).reshape(-1, *input_shape)[keep]
-            memory_X = np.concatenate([memory_X, X_new])
-            memory_y = np.concatenate([memory_y, np.asarray(y_mem, dtype=np.int64)[keep]])
+            memory_X, memory_proba = X_mem, proba_mem
         else:
-            X_mem, y_mem = make_memory(X, y, t)
-            memory_X = np.concatenate([memory_X, np.asarray(X_mem, dtype=np.float32).reshape(-1, *input_shape)])
-            memory_y = np.concatenate([memory_y, np.asarray(y_mem, dtype=np.int64)])
+            keep = np.isin(proba_mem.argmax(1), np.unique(y)) if memory == "conditioned" else slice(None)
+            memory_X = np.concatenate([memory_X, X_mem[keep]])
+            memory_proba = np.concatenate([memory_proba, proba_mem[keep]])
     return accuracy[scenario] if isinstance(scenario, str) else accuracy
+
+
+def _memory_probabilities(y_memory, n_rows: int, n_classes: int) -> tuple[np.ndarray, bool]:
+    """``(n_rows, n_classes)`` targets of a memory, and whether they were given as probabilities."""
+    y_memory = np.asarray(y_memory)
+    if y_memory.ndim == 2:
+        if y_memory.shape != (n_rows, n_classes):
+            raise ValueError(
+                f"make_memory returned probabilities of shape {y_memory.shape}; expected ({n_rows}, {n_classes}): "
+                "one row per memory input, one column per global class."
+            )
+        return y_memory.astype(np.float32), True
+    return np.eye(n_classes, dtype=np.float32)[y_memory.astype(np.int64)], False
 
 
 def _restricted_accuracy(module, X, y, allowed_classes, device) -> float:
