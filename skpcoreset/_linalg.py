@@ -17,6 +17,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from ._base import progress
+from .exceptions import user_stacklevel
 
 __all__ = ["conjugate_gradient"]
 
@@ -86,6 +87,6 @@ def conjugate_gradient(
             f"Conjugate gradients stopped after {max_iter} iterations at a relative residual of "
             f"{worst:.2g} (target {tol:g}). {advice}".rstrip(),
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return solution

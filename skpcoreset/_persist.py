@@ -54,6 +54,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .exceptions import user_stacklevel
+
 __all__ = [
     "PackedTensor",
     "PackedDtype",
@@ -543,7 +545,7 @@ def _on_available_device(state: dict, *, owner: str) -> dict:
             warnings.warn(
                 f"{owner} was fitted on {fitted_on}, which is not available here; it was loaded on {here}.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
             state["device_"] = here
     return state

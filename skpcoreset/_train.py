@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from ._base import make_generator
 from ._parallel import map_members
+from .exceptions import user_stacklevel
 
 __all__ = [
     "TrainSpec",
@@ -513,7 +514,7 @@ class Trainer:
             warnings.warn(
                 f"{self.desc}: interrupted after {len(self.history)} epoch(s); keeping the weights learned so far.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         self._notify_all("on_train_end", X=tensors[0], y=labels)
         self.module.eval()

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..exceptions import user_stacklevel
+
 __all__ = ["deep_ensemble_equivalent"]
 
 
@@ -62,7 +64,7 @@ def deep_ensemble_equivalent(nll: float, de_nlls: Sequence[float] | Mapping[int,
             f"NLL {nll:.4g} is worse than the smallest measured ensemble (DE-{sizes[0]:g}: "
             f"{envelope[0]:.4g}); its equivalent is at most {sizes[0]:g}.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
         return float(sizes[0])
     for i in range(len(sizes) - 1):
@@ -76,7 +78,7 @@ def deep_ensemble_equivalent(nll: float, de_nlls: Sequence[float] | Mapping[int,
             f"its equivalent is at least {sizes[-1]:g} (not extrapolated). Measure larger ensembles "
             "to place it.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
         return float(sizes[-1])
     # nll equals a flat stretch of the envelope: the smallest size that reaches it.

@@ -12,6 +12,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._base import TorchEstimatorMixin, fill_doc, shared_constraints, store_params
+from ..exceptions import user_stacklevel
 from ._node_classifier import NodeClassifierMixin
 from ._operations import graph_or_edgeless, propagate
 from ._softmax_regression import fit_softmax_regression
@@ -154,7 +155,7 @@ class SGCClassifier(NodeClassifierMixin, TorchEstimatorMixin, ClassifierMixin, B
                 f"{type(self).__name__} was fitted on a graph but got no adjacency; predicting with no "
                 "edges. Pass adjacency= (or request it with set_predict_request/set_score_request).",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         X = self._validate_X(X, reset=False)
         Z = self.propagated_features(X, adjacency).double()

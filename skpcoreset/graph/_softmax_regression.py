@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .._train import Trainer, TrainSpec
+from ..exceptions import user_stacklevel
 
 __all__ = ["fit_softmax_regression"]
 
@@ -96,7 +97,9 @@ def _lbfgs(linear: torch.nn.Linear, Z, y, *, weight_decay, max_iter, **_) -> int
     try:
         optimizer.step(closure)
     except KeyboardInterrupt:  # L-BFGS updates in place: the weights reached so far are kept
-        warnings.warn("SGC fit interrupted; keeping the weights reached so far.", UserWarning, stacklevel=3)
+        warnings.warn(
+            "SGC fit interrupted; keeping the weights reached so far.", UserWarning, stacklevel=user_stacklevel()
+        )
     with torch.no_grad():
         linear.weight.copy_(reduced.weight if basis is None else reduced.weight @ basis)
         linear.bias.copy_(reduced.bias)

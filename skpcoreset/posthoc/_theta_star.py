@@ -19,6 +19,7 @@ from sklearn.frozen import FrozenEstimator
 from torch import nn
 
 from .._skorch import build_member_nets, fitted_module
+from ..exceptions import user_stacklevel
 
 __all__ = ["fitted_or_trained", "warn_if_clone_unfits"]
 
@@ -65,5 +66,5 @@ def warn_if_clone_unfits(net, owner: str) -> None:
         "(as GridSearchCV, cross_val_score or a Pipeline make) trains a new network on its own data "
         "instead of analysing this one. Pass net=FrozenEstimator(net) (sklearn.frozen) to keep it fitted.",
         UserWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )

@@ -21,7 +21,7 @@ from ..._base import (
     store_params,
 )
 from ..._skorch import as_template, train_spec_from_net
-from ...exceptions import NoBenefitWarning
+from ...exceptions import NoBenefitWarning, user_stacklevel
 from .._theta_star import fitted_or_trained, warn_if_clone_unfits
 from ._baselines import CheckpointTrainer
 from ._scorers import SCORERS, InfluenceScorer
@@ -359,7 +359,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
                 f"members' loss deviations measure training progress rather than influence. {ranked}; "
                 "train theta* to convergence for GEX's ranking.",
                 NoBenefitWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         elif self.method == "gex" and not scorer.regime_sound:
             ranked = self._loss_fallback("Samples are ranked by the loss at theta* instead (method='loss')")
@@ -370,7 +370,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
                 f"left theta*'s basin and their deviations measure that drift, not influence. {ranked}; "
                 "lower member_lr or jitter for GEX's ranking.",
                 NoBenefitWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         elif self.method == "gex" and self.estimate == "self_influence" and self.theta_train_accuracy_ < MEMORISED:
             warnings.warn(
@@ -379,7 +379,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
                 "at every member and their self-influence is small: the loss at theta* (method='loss') "
                 "ranks them better here. estimate='loo_loss' (the default) adds it.",
                 NoBenefitWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
 
     def _loss_fallback(self, loo_loss_phrase: str) -> str:
@@ -549,7 +549,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
             "(data pruning), which keeps mislabeled ones. Use prune_least_influential(fraction) for "
             "data pruning or drop_flagged() to remove likely mislabeled samples.",
             FutureWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
         return self.prune_least_influential(fraction)
 

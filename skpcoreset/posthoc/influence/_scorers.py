@@ -19,6 +19,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from ...exceptions import user_stacklevel
 from ._baselines import (
     gradient_dot_products,
     per_sample_losses,
@@ -182,7 +183,7 @@ class GexScorer(InfluenceScorer):
                 f"{self.median_shift:.2g} < tau={tau} with jitter={self.jitter}); the tau floor then "
                 "inverts the ranking. Raise member_lr, member_epochs or jitter.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
         return self
 
