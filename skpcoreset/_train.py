@@ -55,6 +55,8 @@ __all__ = [
     "VmapEnsembleTrainer",
     "ParameterSnapshots",
     "train_members",
+    "train_sequential_members",
+    "flat_parameters",
     "choose_ensemble_strategy",
     "predict_batched",
     "schedule_factor",
@@ -710,8 +712,42 @@ def train_members(
                 net.history = copy.deepcopy(trainer.history)
         return strategy, [trainer.history] * len(modules), trainer.interrupted
 
-    # Members are independent: map_members runs them here, in threads or on other processes
-    # (Dask workers), and hands back (history, interrupted) per member.
+    runs = train_sequential_members(
+        modules,
+        tensors,
+        spec,
+        seeds=seeds,
+        nets=nets,
+        validation=validation,
+        n_jobs=n_jobs,
+        verbose=verbose,
+        desc=desc,
+        trainer_kwargs=trainer_kwargs,
+    )
+    return strategy, [history for history, _, _ in runs], any(interrupted for _, interrupted, _ in runs)
+
+
+def train_sequential_members(
+    modules: list[nn.Module],
+    tensors: tuple[torch.Tensor, ...],
+    spec: TrainSpec,
+    *,
+    seeds: list[int],
+    nets: list,
+    validation: list,
+    n_jobs: int | None,
+    verbose: int,
+    desc: str,
+    trainer_kwargs: dict,
+    checkpoints: bool = False,
+) -> list[tuple[History, bool, torch.Tensor | None]]:
+    """Train each of ``modules`` by its own :class:`Trainer`; ``(history, interrupted, checkpoints)`` per member.
+
+    Members are independent: :func:`~skpcoreset._parallel.map_members` runs them here, in
+    threads or on other processes (Dask workers), and each net in ``nets`` gets its member's
+    history back. ``checkpoints=True`` also records the member's flat parameters at
+    initialisation and after every epoch, shape ``(n_epochs + 1, P)`` (else None).
+    """
     per_member = [
         {"seed": seeds[m], "net": nets[m], "validation": validation[m], "desc": f"{desc} {m + 1}/{len(modules)}"}
         for m in range(len(modules))
@@ -726,17 +762,27 @@ def train_members(
         spec=spec,
         verbose=verbose,
         trainer_kwargs=trainer_kwargs,
+        checkpoints=checkpoints,
     )
-    for net, (history, _) in zip(nets, runs, strict=False):
+    for net, (history, _, _) in zip(nets, runs, strict=False):
         if net is not None:  # a process worker recorded into its copy of the net
             net.history = history
-    return strategy, [history for history, _ in runs], any(interrupted for _, interrupted in runs)
+    return runs
+
+
+def flat_parameters(parameters) -> torch.Tensor:
+    """Parameters stacked along a leading member axis, flattened to ``(n_members, P)`` (detached)."""
+    return torch.cat([p.detach().reshape(p.shape[0], -1) for p in parameters], dim=1)
 
 
 def _train_one_member(
-    module, *, seed, net, validation, desc, tensors, spec, verbose, trainer_kwargs
-) -> tuple[History, bool]:
-    """One sequential member, as a picklable function: (history, interrupted)."""
+    module, *, seed, net, validation, desc, tensors, spec, verbose, trainer_kwargs, checkpoints
+) -> tuple[History, bool, torch.Tensor | None]:
+    """One sequential member, as a picklable function: (history, interrupted, checkpoints or None)."""
+    callbacks = []
+    if checkpoints:
+        snapshots = ParameterSnapshots(lambda: flat_parameters(p.unsqueeze(0) for p in module.parameters()))
+        callbacks.append(("trajectory", snapshots))
     trainer = Trainer(
         module,
         spec,
@@ -744,9 +790,10 @@ def _train_one_member(
         net=net,
         verbose=verbose,
         desc=desc,
+        callbacks=callbacks,
         **trainer_kwargs,
     ).fit(*tensors, validation=validation)
-    return trainer.history, trainer.interrupted
+    return trainer.history, trainer.interrupted, torch.cat(snapshots.snapshots) if checkpoints else None
 
 
 @torch.no_grad()

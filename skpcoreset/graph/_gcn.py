@@ -7,7 +7,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from torch.func import functional_call
@@ -133,23 +133,7 @@ class GCNClassifier(NodeClassifierMixin, TorchEstimatorMixin, ClassifierMixin, B
     ):
         store_params(self, locals())
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, adjacency=None):
-        """Fit on the labeled nodes of a graph (``adjacency`` None: no edges).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_nodes, n_features)
-        y : array-like of shape (n_nodes,)
-            ``-1`` marks unlabeled nodes.
-        adjacency : scipy sparse (n_nodes, n_nodes), int array of shape (2, E) or None
-
-        Returns
-        -------
-        self
-        """
-        X, labeled, y_encoded = self._validate_node_labels(X, y)
-        generator = self._init_torch()
+    def _fit_nodes(self, X, labeled, y, adjacency, generator):
         features = self._to_tensor(X, dtype=torch.float64)
         operator = normalized_operator(graph_or_edgeless(adjacency, len(X)), self.device_, torch.float64)
         spec = TrainSpec(
@@ -163,9 +147,7 @@ class GCNClassifier(NodeClassifierMixin, TorchEstimatorMixin, ClassifierMixin, B
         # nn.Linear's initialisation and dropout draw from torch's global generator
         with torch_seed(self._seed, self.device_):
             self.module_ = GCN(features, operator, self.n_hidden, len(self.classes_), self.dropout)
-            trainer = Trainer(self.module_, spec, generator=generator, verbose=self.verbose, desc="gcn").fit(
-                nodes, self._to_tensor(y_encoded, dtype=torch.long)
-            )
+            trainer = Trainer(self.module_, spec, generator=generator, verbose=self.verbose, desc="gcn").fit(nodes, y)
         self.n_iter_ = len(trainer.history)
         self.interrupted_ = "training" if trainer.interrupted else None
         self.module_.eval()

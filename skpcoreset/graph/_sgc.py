@@ -7,7 +7,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
@@ -107,29 +107,11 @@ class SGCClassifier(NodeClassifierMixin, TorchEstimatorMixin, ClassifierMixin, B
     ):
         store_params(self, locals())
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, adjacency=None):
-        """Fit on the labeled nodes of a graph.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_nodes, n_features)
-            Features of every node.
-        y : array-like of shape (n_nodes,)
-            Labels; ``-1`` marks unlabeled nodes (they still take part in the propagation).
-        adjacency : scipy sparse (n_nodes, n_nodes), int array of shape (2, E) or None
-            The graph; None means no edges.
-
-        Returns
-        -------
-        self
-        """
-        X, labeled, y_encoded = self._validate_node_labels(X, y)
-        generator = self._init_torch()
+    def _fit_nodes(self, X, labeled, y, adjacency, generator):
         Z = self.propagated_features(X, adjacency, rows=np.flatnonzero(labeled))
         coef, intercept, self.n_iter_ = fit_softmax_regression(
             Z.double(),
-            self._to_tensor(y_encoded, dtype=torch.long),
+            y,
             len(self.classes_),
             weight_decay=self.weight_decay,
             solver=self.solver,

@@ -16,6 +16,7 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 
+from .._base import store_params
 from ._functional import FlatModel, soft_cross_entropy
 
 __all__ = ["POSTERIORS", "PosteriorSampler", "sample_posterior", "bayesian_model_average"]
@@ -190,12 +191,7 @@ class PosteriorSampler(BaseEstimator):
     }
 
     def __init__(self, method="sghmc", *, n_samples=8, steps=300, lr=0.05, temperature=0.01, weight_decay=5e-4):
-        self.method = method
-        self.n_samples = n_samples
-        self.steps = steps
-        self.lr = lr
-        self.temperature = temperature
-        self.weight_decay = weight_decay
+        store_params(self, locals())
 
     @classmethod
     def of(cls, posterior) -> PosteriorSampler:

@@ -12,21 +12,17 @@ import torch
 from torch import nn
 
 from .._base import make_generator
-from .._parallel import map_members
 from .._train import (
     ParameterSnapshots,
-    Trainer,
     TrainSpec,
     VmapEnsembleTrainer,
     _needs_own_runs,
     choose_ensemble_strategy,
+    flat_parameters,
+    train_sequential_members,
 )
 
 __all__ = ["train_expert_trajectories"]
-
-
-def _flat(parameters) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(p.shape[0], -1) for p in parameters], dim=1)
 
 
 def train_expert_trajectories(
@@ -77,47 +73,24 @@ def train_expert_trajectories(
             desc=f"experts (vmap x{len(modules)})",
             **trainer_kwargs,
         )
-        snapshots = ParameterSnapshots(lambda: _flat(trainer.params.values()))
+        snapshots = ParameterSnapshots(lambda: flat_parameters(trainer.params.values()))
         trainer.extra_callbacks.append(("trajectory", snapshots))
         trainer.fit(X, y)
         return torch.stack(snapshots.snapshots, dim=1), strategy, [trainer.history] * len(modules), trainer.interrupted
-    per_member = [
-        {"seed": seeds[m], "net": nets[m], "desc": f"expert {m + 1}/{len(modules)}"} for m in range(len(modules))
-    ]
-    results = map_members(
-        _train_expert,
+    results = train_sequential_members(
         modules,
-        per_member,
-        n_jobs=n_jobs,
-        stop=lambda result: result[2],
-        X=X,
-        y=y,
-        spec=spec,
-        verbose=verbose,
-        trainer_kwargs=trainer_kwargs,
-    )
-    runs = [run.to(device) for run, _, _ in results]
-    histories = [history for _, history, _ in results]
-    for net, history in zip(nets, histories, strict=False):
-        if net is not None:  # a process worker recorded into its copy of the net
-            net.history = history
-    length = min(len(run) for run in runs)
-    return torch.stack([run[:length] for run in runs]), strategy, histories, any(r[2] for r in results)
-
-
-def _train_expert(
-    module: nn.Module, *, seed: int, net, desc: str, X, y, spec: TrainSpec, verbose: int, trainer_kwargs: dict
-):
-    """One expert (picklable, for process workers): checkpoints ``(n_epochs + 1, P)``, history, interrupted."""
-    snapshots = ParameterSnapshots(lambda: _flat(p.unsqueeze(0) for p in module.parameters()))
-    trainer = Trainer(
-        module,
+        (X, y),
         spec,
-        generator=make_generator(seed, X.device),
-        net=net,
+        seeds=seeds,
+        nets=nets,
+        validation=[None] * len(modules),
+        n_jobs=n_jobs,
         verbose=verbose,
-        desc=desc,
-        callbacks=[("trajectory", snapshots)],
-        **trainer_kwargs,
-    ).fit(X, y)
-    return torch.cat(snapshots.snapshots), trainer.history, trainer.interrupted
+        desc="expert",
+        trainer_kwargs=trainer_kwargs,
+        checkpoints=True,
+    )
+    runs = [run.to(device) for _, _, run in results]
+    length = min(len(run) for run in runs)
+    histories = [history for history, _, _ in results]
+    return torch.stack([run[:length] for run in runs]), strategy, histories, any(r[1] for r in results)

@@ -30,8 +30,7 @@ __all__ = [
     "JitterTrainer",
     "VmapJitterTrainer",
     "member_spec",
-    "chain_members",
-    "fan_members",
+    "train_geometric_members",
     "member_losses_and_proba",
     "loss_deviations",
     "gex_self_influence",
@@ -85,25 +84,41 @@ def _member_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in module.state_dict().items()}
 
 
-def chain_members(
+def train_geometric_members(
     base: nn.Module,
     X: torch.Tensor,
     y: torch.Tensor,
     spec: TrainSpec,
     *,
+    continuation: str,
     n_members: int,
     noise: float,
     generator: torch.Generator,
     progress=iter,
+    n_jobs: int | None = None,
 ) -> tuple[list[dict[str, torch.Tensor]], str, bool]:
-    """FGE-style members, each continuing from the previous one.
+    """The ``n_members`` members of the geometric ensemble around theta* (``base``).
 
-    Returns ``(states, 'sequential', interrupted)``; ``base`` is left untouched. On
+    ``continuation='chain'``: FGE-style members, each continuing from the previous one
+    (strategy ``'sequential'``). ``'fan'``: members that all start from theta*, each with its
+    own data order and noise; buffer-free dense networks train all members at once with
+    ``vmap``, others one after another, each from its own seed drawn from ``generator``, in
+    ``n_jobs`` joblib workers (threads, or Dask workers under
+    ``joblib.parallel_config(backend="dask")``) with the same result.
+
+    Returns ``(states, strategy, interrupted)``; ``base`` is left untouched. On
     ``KeyboardInterrupt`` the members finished so far are kept.
     """
-    module = copy.deepcopy(base)
+    if continuation == "chain":
+        return _chain_members(copy.deepcopy(base), X, y, spec, noise, generator, progress(range(n_members)))
+    modules = [copy.deepcopy(base) for _ in range(n_members)]
+    return _fan_members(modules, X, y, spec, noise, generator, progress, n_jobs)
+
+
+def _chain_members(module: nn.Module, X, y, spec: TrainSpec, noise: float, generator: torch.Generator, rounds):
+    """'chain': ``module`` trains on, one member per item of ``rounds``, its state saved after each."""
     states = []
-    for _ in progress(range(n_members)):
+    for _ in rounds:
         trainer = JitterTrainer(module, spec, noise=noise, generator=generator).fit(X, y)
         recompute_batchnorm(module, X, spec.batch_size)
         states.append(_member_state(module))
@@ -112,32 +127,16 @@ def chain_members(
     return states, "sequential", False
 
 
-def fan_members(
-    base: nn.Module,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    spec: TrainSpec,
-    *,
-    n_members: int,
-    noise: float,
-    generator: torch.Generator,
-    progress=iter,
-    n_jobs: int | None = None,
-) -> tuple[list[dict[str, torch.Tensor]], str, bool]:
-    """Members that all start from theta*, each with its own data order and noise.
-
-    Buffer-free dense networks train all members at once with ``vmap``; others one after
-    another, each from its own seed drawn from ``generator``, in ``n_jobs`` joblib workers
-    (threads, or Dask workers under ``joblib.parallel_config(backend="dask")``) with the same
-    result. Returns ``(states, strategy, interrupted)``.
-    """
-    modules = [copy.deepcopy(base) for _ in range(n_members)]
+def _fan_members(
+    modules: list[nn.Module], X, y, spec: TrainSpec, noise: float, generator: torch.Generator, progress, n_jobs
+):
+    """'fan': each of ``modules`` (copies of theta*) trains as one member."""
     strategy = choose_ensemble_strategy(modules)
     interrupted = False
     if strategy == "vmap":
         interrupted = VmapJitterTrainer(modules, spec, noise=noise, generator=generator).fit(X, y).interrupted
     else:
-        seeds = torch.randint(2**31 - 1, (n_members,), generator=generator, device=generator.device).tolist()
+        seeds = torch.randint(2**31 - 1, (len(modules),), generator=generator, device=generator.device).tolist()
         flags = map_members(
             _train_fan_member,
             modules,

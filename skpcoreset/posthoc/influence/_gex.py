@@ -501,16 +501,18 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
 
         Examples
         --------
-        >>> from sklearn.datasets import load_digits
+        The class Examples clean noisy digits by the flags; a ``fraction`` instead drops that
+        share of the training set, the largest self-influences first:
+
+        >>> import numpy as np
         >>> from skpcoreset import make_net
-        >>> from skpcoreset.datasets import add_label_noise
         >>> from skpcoreset.posthoc.influence import GeometricEnsembleInfluence
-        >>> X, y = load_digits(return_X_y=True)
-        >>> y_noisy, flipped = add_label_noise(y, 0.1, random_state=0)
-        >>> gex = GeometricEnsembleInfluence(make_net(max_epochs=20, lr=1e-2), random_state=0)
-        >>> kept = gex.fit(X / 16, y_noisy).drop_flagged()
-        >>> bool(flipped[kept].mean() < flipped.mean())  # fewer flipped labels among the kept rows
-        True
+        >>> X = np.random.RandomState(0).normal(size=(200, 4)).astype("float32")
+        >>> y = (X[:, 0] > 0).astype(int)
+        >>> gex = GeometricEnsembleInfluence(make_net(max_epochs=60, lr=0.1), random_state=0).fit(X, y)
+        >>> kept = gex.drop_flagged(fraction=0.25)
+        >>> len(kept), bool(gex.self_influence_[kept].max() <= np.delete(gex.self_influence_, kept).min())
+        (150, True)
         """
         check_is_fitted(self)
         if fraction is None:

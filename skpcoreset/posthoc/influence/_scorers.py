@@ -28,13 +28,12 @@ from ._baselines import (
     tracin_train_test,
 )
 from ._geometric_ensemble import (
-    chain_members,
-    fan_members,
     gex_self_influence,
     gex_train_test,
     loss_deviations,
     member_losses_and_proba,
     member_spec,
+    train_geometric_members,
 )
 
 __all__ = ["InfluenceScorer", "SCORERS", "JITTER_LADDER"]
@@ -191,18 +190,17 @@ class GexScorer(InfluenceScorer):
         s = self.settings
         epochs = s["member_epochs"]
         self.member_epochs = auto_member_epochs(len(X), s["batch_size"]) if epochs == "auto" else epochs
-        parallel = {} if s["continuation"] == "chain" else {"n_jobs": s.get("n_jobs")}
-        build = chain_members if s["continuation"] == "chain" else fan_members
-        self.member_states, self.strategy, self.interrupted = build(
+        self.member_states, self.strategy, self.interrupted = train_geometric_members(
             self.module,
             X,
             y,
             member_spec(self.member_epochs, s["batch_size"], s["member_lr"]),
+            continuation=s["continuation"],
             n_members=s["n_members"],
             noise=self.jitter,
             generator=generator,
             progress=progress,
-            **parallel,
+            n_jobs=s.get("n_jobs"),
         )
         self.workspace = copy.deepcopy(self.module)
         self.member_loss, self.train_proba = member_losses_and_proba(self.workspace, self.member_states, X, y)
