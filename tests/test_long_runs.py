@@ -72,3 +72,26 @@ def test_a_warning_raised_inside_fit_names_the_users_line():
     with pytest.warns(UserWarning, match="exceeds the rows of some classes") as record:
         GridSearchCV(synthesizer, {"n_per_class": [30]}, cv=2).fit(X, y)
     assert {w.filename for w in record if "exceeds the rows" in str(w.message)} == {__file__}
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "adam"])
+def test_sgc_records_an_interrupted_solver(solver, monkeypatch):
+    import torch
+
+    from skpcoreset.graph import SGCClassifier
+
+    rng = np.random.RandomState(0)
+    X, y = rng.normal(size=(40, 5)).astype(np.float32), rng.randint(3, size=40)
+    assert SGCClassifier(solver=solver, max_iter=5).fit(X, y).interrupted_ is None
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if solver == "lbfgs":
+        monkeypatch.setattr(torch.optim.LBFGS, "step", interrupt)
+    else:
+        monkeypatch.setattr(_train.Trainer, "_record", interrupt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = SGCClassifier(solver=solver, max_iter=5).fit(X, y)  # must not raise
+    assert clf.interrupted_ == "solver" and clf.predict(X).shape == (40,)

@@ -63,7 +63,7 @@ def dense_normalized(A):
 
 def fit_model(X, y, A, train, weight_decay=WEIGHT_DECAY):
     Z = propagate(X, A, 2, rows=train)
-    coef, intercept, _ = fit_softmax_regression(
+    coef, intercept, *_ = fit_softmax_regression(
         Z, y[train], int(y.max()) + 1, weight_decay=weight_decay, solver="lbfgs", max_iter=1000, lr=1.0, generator=None
     )
     return SoftmaxRegression(coef, intercept, weight_decay)
@@ -133,7 +133,7 @@ def test_softmax_regression_reaches_the_optimum(n_features):
     rng = np.random.RandomState(0)
     y = torch.as_tensor(rng.randint(3, size=40))
     Z = torch.as_tensor(rng.normal(size=(40, n_features))) + F.one_hot(y, n_features).double()
-    coef, intercept, _ = fit_softmax_regression(
+    coef, intercept, *_ = fit_softmax_regression(
         Z, y, 3, weight_decay=1e-2, solver="lbfgs", max_iter=500, lr=1.0, generator=None
     )
     theta = torch.cat([coef, intercept[None]]).requires_grad_(True)

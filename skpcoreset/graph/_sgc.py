@@ -62,6 +62,7 @@ class SGCClassifier(NodeClassifierMixin, TorchEstimatorMixin, ClassifierMixin, B
         L-BFGS iterations or Adam epochs run.
     fitted_on_graph_ : bool
         Whether ``fit`` received an adjacency (predicting without one then warns).
+    %(interrupted)s
     n_features_in_ : int
     device_ : torch.device
 
@@ -109,7 +110,7 @@ class SGCClassifier(NodeClassifierMixin, TorchEstimatorMixin, ClassifierMixin, B
 
     def _fit_nodes(self, X, labeled, y, adjacency, generator):
         Z = self.propagated_features(X, adjacency, rows=np.flatnonzero(labeled))
-        coef, intercept, self.n_iter_ = fit_softmax_regression(
+        coef, intercept, self.n_iter_, interrupted = fit_softmax_regression(
             Z.double(),
             y,
             len(self.classes_),
@@ -123,6 +124,7 @@ class SGCClassifier(NodeClassifierMixin, TorchEstimatorMixin, ClassifierMixin, B
         self.coef_ = coef.cpu().numpy()
         self.intercept_ = intercept.cpu().numpy()
         self.fitted_on_graph_ = adjacency is not None
+        self.interrupted_ = "solver" if interrupted else None
         return self
 
     def propagated_features(self, X: np.ndarray, adjacency, rows: np.ndarray | None = None) -> torch.Tensor:

@@ -24,7 +24,7 @@ def fit_softmax_regression(
     lr: float,
     generator: torch.Generator | None,
     verbose: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
     """Minimise ``mean CE(Z W + b, y) + weight_decay / 2 * (||W||^2 + ||b||^2)``.
 
     The objective is strictly convex: 'lbfgs' starts from zero and reaches the unique optimum
@@ -37,15 +37,17 @@ def fit_softmax_regression(
     intercept : tensor of shape (n_classes,)
     n_iter : int
         Adam epochs or L-BFGS iterations run.
+    interrupted : bool
+        Whether a KeyboardInterrupt stopped the solver (the weights reached so far are returned).
     """
     linear = torch.nn.Linear(Z.shape[1], n_classes, device=Z.device, dtype=Z.dtype)
-    n_iter = _SOLVERS[solver](
+    n_iter, interrupted = _SOLVERS[solver](
         linear, Z, y, weight_decay=weight_decay, max_iter=max_iter, lr=lr, generator=generator, verbose=verbose
     )
-    return linear.weight.detach().T.contiguous(), linear.bias.detach().clone(), n_iter
+    return linear.weight.detach().T.contiguous(), linear.bias.detach().clone(), n_iter, interrupted
 
 
-def _adam(linear: torch.nn.Linear, Z, y, *, weight_decay, max_iter, lr, generator, verbose) -> int:
+def _adam(linear: torch.nn.Linear, Z, y, *, weight_decay, max_iter, lr, generator, verbose) -> tuple[int, bool]:
     """The SGC paper's full-batch Adam through the shared training loop."""
     # Adam stops short of the optimum, so where it starts matters: nn.Linear's default range
     bound = 1.0 / max(Z.shape[1], 1) ** 0.5
@@ -59,10 +61,10 @@ def _adam(linear: torch.nn.Linear, Z, y, *, weight_decay, max_iter, lr, generato
         optimizer_kwargs={"weight_decay": weight_decay},
     )
     trainer = Trainer(linear, spec, generator=generator, verbose=verbose, desc="sgc").fit(Z, y)
-    return len(trainer.history)
+    return len(trainer.history), bool(trainer.interrupted)
 
 
-def _lbfgs(linear: torch.nn.Linear, Z, y, *, weight_decay, max_iter, **_) -> int:
+def _lbfgs(linear: torch.nn.Linear, Z, y, *, weight_decay, max_iter, **_) -> tuple[int, bool]:
     """L-BFGS from zero, on the row space of ``Z`` when features outnumber samples.
 
     The stationarity condition ``Z^T R / n + weight_decay W = 0`` puts the optimal ``W`` in
@@ -94,16 +96,18 @@ def _lbfgs(linear: torch.nn.Linear, Z, y, *, weight_decay, max_iter, **_) -> int
         loss.backward()
         return loss
 
+    interrupted = False
     try:
         optimizer.step(closure)
     except KeyboardInterrupt:  # L-BFGS updates in place: the weights reached so far are kept
+        interrupted = True
         warnings.warn(
             "SGC fit interrupted; keeping the weights reached so far.", UserWarning, stacklevel=user_stacklevel()
         )
     with torch.no_grad():
         linear.weight.copy_(reduced.weight if basis is None else reduced.weight @ basis)
         linear.bias.copy_(reduced.bias)
-    return int(optimizer.state[optimizer.param_groups[0]["params"][0]].get("n_iter", 0))
+    return int(optimizer.state[optimizer.param_groups[0]["params"][0]].get("n_iter", 0)), interrupted
 
 
 _SOLVERS = {"lbfgs": _lbfgs, "adam": _adam}

@@ -76,7 +76,7 @@ class SGCBackbone:
     def fit(self, adjacency: sp.csr_matrix) -> dict:
         Z_train = propagate(self.task.features, adjacency, 2, rows=self.task.train)
         adam = self.params["solver"] == "adam"
-        coef, intercept, _ = fit_softmax_regression(
+        coef, intercept, *_ = fit_softmax_regression(
             Z_train,
             self.y_train,
             self.task.n_classes,
