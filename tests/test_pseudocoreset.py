@@ -704,7 +704,6 @@ def test_every_phase_shows_progress_at_verbose_1(digits_small, capsys):
 from skpcoreset.pseudocoreset._variational import (  # noqa: E402
     LastLayerPosterior,
     expected_log_likelihood,
-    initial_precisions,
     last_layer_features,
     negative_elbo,
     predictive_proba,
@@ -774,38 +773,6 @@ def test_negative_elbo_gradient_wrt_the_coreset_passes_gradcheck(method):
         return negative_elbo(q, last_layer_features(model, theta, X_real), y_real, 100)
 
     assert torch.autograd.gradcheck(loss, (U, V))
-
-
-def test_initial_precisions_are_the_grid_point_of_lowest_mean_negative_elbo():
-    model = _tiny_model()
-    gen = torch.Generator().manual_seed(1)
-    thetas = [model.flatten(model.module), model.flatten(model.module) + 0.1]
-    U = torch.randn(3, 4, generator=gen, dtype=torch.float64)
-    V = 3 * torch.nn.functional.one_hot(torch.arange(3), 3).double()
-    X_real, y_real = torch.randn(30, 4, generator=gen, dtype=torch.float64), torch.arange(30) % 3
-    betas, lams = (0.01, 0.1, 1.0), (0.1, 1.0, 10.0)
-    chosen = initial_precisions(
-        model, thetas, U, V, X_real, y_real, n_represented=30, betas=betas, prior_precisions=lams
-    )
-
-    def mean_loss(beta, lam):
-        losses = []
-        for theta in thetas:
-            phi_core, phi_real = last_layer_features(model, theta, U), last_layer_features(model, theta, X_real)
-            losses.append(float(negative_elbo(LastLayerPosterior(phi_core, V, 10 * beta, lam), phi_real, y_real, 30)))
-        return np.mean(losses)
-
-    brute = min(((b, lam) for b in betas for lam in lams), key=lambda point: mean_loss(*point))
-    assert chosen == brute
-    # a singular system (two identical coreset rows, no prior) is never chosen; all singular: fallback
-    U_repeated = torch.cat([U[:1], U[:1]])
-    kwargs = dict(n_represented=30, fallback=(0.5, 2.0))
-    assert initial_precisions(
-        model, thetas, U_repeated, V[:2], X_real, y_real, betas=(1.0,), prior_precisions=(0.0,), **kwargs
-    ) == (0.5, 2.0)
-    assert initial_precisions(
-        model, thetas, U_repeated, V[:2], X_real, y_real, betas=(1.0,), prior_precisions=(0.0, 1.0), **kwargs
-    ) == (1.0, 1.0)
 
 
 def test_last_layer_features_are_the_head_input_with_a_bias_column():
@@ -1011,21 +978,3 @@ def test_a_diverged_variational_synthesis_says_to_lower_lr(digits_small):
         PseudocoresetSynthesizer("variational", n_per_class=2, random_state=0, **dict(VARIATIONAL_FAST, lr=300.0)).fit(
             X, y
         )
-
-
-def test_variational_synthesis_starts_from_grid_chosen_precisions(digits_small):
-    X, y = digits_small
-    pc = PseudocoresetSynthesizer("variational", n_per_class=2, random_state=0, **VARIATIONAL_FAST).fit(X, y)
-    beta, lam = pc.initial_precisions_
-    assert 0.01 <= beta <= 1.0 and 0.1 <= lam <= 100.0
-    unsynthesised = PseudocoresetSynthesizer(
-        "variational", n_per_class=2, random_state=0, **dict(VARIATIONAL_FAST, n_iterations=0)
-    ).fit(X, y)
-    assert (
-        unsynthesised.initial_precisions_
-        == (1.0, 1.0)
-        == (
-            unsynthesised.likelihood_precision_,
-            unsynthesised.prior_precision_,
-        )
-    )

@@ -34,14 +34,7 @@ from ._divergences import DIVERGENCES, SynthesisProblem
 from ._functional import FlatModel, inner_sgd
 from ._samplers import POSTERIORS, PosteriorSampler, bayesian_model_average
 from ._trajectories import train_expert_trajectories
-from ._variational import (
-    LastLayerPosterior,
-    fresh_parameters,
-    initial_precisions,
-    last_layer_features,
-    negative_elbo,
-    predictive_proba,
-)
+from ._variational import LastLayerPosterior, fresh_parameters, last_layer_features, negative_elbo, predictive_proba
 
 __all__ = ["PseudocoresetSynthesizer"]
 
@@ -54,18 +47,9 @@ _LABEL_LOGIT_SCALE = 3.0
 # subset at 50 per class on digits) and the function-space measurement set of Kim, Lee, Lee 2023.
 _PAPER_MEASUREMENT_SIZES = {"reverse_kl": 1000, "function_space": 256, "variational": 256}
 
-# Variational pseudocoreset: the coreset likelihood precision beta and the last layer's prior
-# precision lambda start at the point of these grids with the lowest negative ELBO at the initial
-# coreset (averaged over _VARIATIONAL_GRID_POOL pool members, on 4 x n_measurement real rows) and
-# are then learned with the coreset on a log scale. The grids stop short of the prior-dominated
-# corner (tiny beta, large lambda): started there, the posterior barely depends on the coreset,
-# its gradient vanishes and the run stays near the prior (CIFAR-10, 1 per class: 0.16 accuracy
-# from a grid reaching beta 3e-4 and lambda 1e3, 0.25 from these). Without synthesis steps
-# (n_iterations=0) the precisions are 1 and 1 (features of unit scale, a standard normal prior).
-# Our choices; the paper's values were not checked.
-_VARIATIONAL_BETA_GRID = tuple(10.0 ** np.arange(-2.0, 0.01, 0.5))
-_VARIATIONAL_PRIOR_GRID = tuple(10.0 ** np.arange(-1.0, 2.01, 0.5))
-_VARIATIONAL_GRID_POOL = 4
+# Variational pseudocoreset: prior precision lambda of the last layer (features of unit scale,
+# a standard normal prior on the weights) and the initial coreset likelihood precision beta
+# (learned with the coreset, on a log scale). Our choices; the paper's values were not checked.
 _VARIATIONAL_PRIOR_PRECISION = 1.0
 _VARIATIONAL_INITIAL_BETA = 1.0
 # The regression targets v are this multiple of the label logits, so they start at 9 on the
@@ -256,9 +240,6 @@ class PseudocoresetSynthesizer(
         (before the N / M weighting).
     prior_precision_ : float
         'variational' only: the learned lambda of the last-layer prior N(0, 1/lambda).
-    initial_precisions_ : tuple of float
-        'variational' only: (beta, lambda) the synthesis started from, chosen on a grid by the
-        negative ELBO at the initial coreset (1 and 1 without synthesis steps).
     predictive_variance_scale_, predictive_logit_scale_ : float
         'variational' only: c and t of the predictive softmax(t mu / sqrt(1 + c pi sigma^2 / 8)),
         chosen on the held-out split (grids in ``_VARIANCE_SCALES`` / ``_LOGIT_SCALES``) for the
@@ -551,8 +532,8 @@ class PseudocoresetSynthesizer(
         self.fit_seconds_ = {"experts": 0.0, "synthesis": 0.0, "posterior": 0.0, "validation": 0.0}
         self.n_represented_ = len(X)
         if self.divergence == "variational":
-            self.initial_precisions_ = (_VARIATIONAL_INITIAL_BETA, _VARIATIONAL_PRIOR_PRECISION)
-            self.likelihood_precision_, self.prior_precision_ = self.initial_precisions_
+            self.likelihood_precision_ = _VARIATIONAL_INITIAL_BETA
+            self.prior_precision_ = _VARIATIONAL_PRIOR_PRECISION
             self.predictive_variance_scale_, self.predictive_logit_scale_ = 1.0, 1.0
             if self.n_iterations > 0:
                 coreset, label_logits = self._synthesise_variational(
@@ -625,8 +606,8 @@ class PseudocoresetSynthesizer(
             baseline.update(
                 coreset=coreset.cpu().numpy(),
                 targets=(label_logits * _VARIATIONAL_TARGET_SCALE).cpu().numpy().astype(np.float64),
-                likelihood_precision=self.initial_precisions_[0],
-                prior_precision=self.initial_precisions_[1],
+                likelihood_precision=_VARIATIONAL_INITIAL_BETA,
+                prior_precision=_VARIATIONAL_PRIOR_PRECISION,
             )
         X_v = self._to_tensor(X_val, dtype=torch.float64)
         if self.divergence == "variational":  # each calibrates its predictive on the held-out rows
@@ -807,22 +788,8 @@ class PseudocoresetSynthesizer(
         ages = [(i * lifetime) // self.pool_size for i in range(self.pool_size)]
         coreset = coreset.clone().requires_grad_(True)
         label_logits = label_logits.clone().requires_grad_(self._learns_labels())
-        rows = torch.randperm(n_real, generator=generator, device=generator.device)[: 4 * n_measurement]
-        self.initial_precisions_ = initial_precisions(
-            model,
-            pool[:_VARIATIONAL_GRID_POOL],
-            coreset,
-            label_logits * _VARIATIONAL_TARGET_SCALE,
-            X[rows],
-            y[rows],
-            n_represented=n_real,
-            betas=_VARIATIONAL_BETA_GRID,
-            prior_precisions=_VARIATIONAL_PRIOR_GRID,
-            fallback=(_VARIATIONAL_INITIAL_BETA, _VARIATIONAL_PRIOR_PRECISION),
-        )
-        log_beta, log_lam = (
-            torch.tensor(math.log(value), device=self.device_, requires_grad=True) for value in self.initial_precisions_
-        )
+        log_beta = torch.tensor(math.log(_VARIATIONAL_INITIAL_BETA), device=self.device_, requires_grad=True)
+        log_lam = torch.tensor(math.log(_VARIATIONAL_PRIOR_PRECISION), device=self.device_, requires_grad=True)
         labels = label_logits.argmax(-1)
         params = [coreset, log_beta, log_lam] + ([label_logits] if self._learns_labels() else [])
         optimizer = torch.optim.Adam(params, lr=self.lr_)

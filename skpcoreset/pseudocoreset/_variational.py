@@ -34,12 +34,7 @@ p = softmax(mu), since the Hessian of log-sum-exp is diag(p) - p p^T.
 
 beta and lambda are learned with the coreset by the same outer loss (on a log scale; our choice:
 the full-data ELBO is an objective for them too), and the targets start at 9 on the true class
-(see ``_VARIATIONAL_TARGET_SCALE`` in the synthesizer). Their starting values are chosen on a grid
-by the same loss at the initial coreset (:func:`initial_precisions`, an empirical-Bayes start; our
-choice): a fixed start (beta = lambda = 1) fits the coreset's targets so sharply on data whose
-fresh features separate the classes poorly (noisy 1-D signals) that the first hundred steps go
-into undoing the over-confidence (panel signals, 10 per class: 0.41 accuracy from the fixed start,
-0.66 from the chosen one).
+(see ``_VARIATIONAL_TARGET_SCALE`` in the synthesizer).
 
 Prediction. E_q[softmax(f)] by the probit-style (mean-field) approximation
 softmax(mu / sqrt(1 + pi sigma^2 / 8)), one forward pass per feature extractor. Averaged over
@@ -66,7 +61,6 @@ __all__ = [
     "expected_log_likelihood",
     "predictive_proba",
     "negative_elbo",
-    "initial_precisions",
     "fresh_parameters",
 ]
 
@@ -209,47 +203,6 @@ def negative_elbo(posterior: LastLayerPosterior, phi_real, y_real, n_represented
     """Per-point negative full-data ELBO: -mean E_q log p(y|x,W) + KL(q || prior) / N."""
     mu, var = posterior.predictive(phi_real)
     return -expected_log_likelihood(mu, var, y_real).mean() + posterior.kl() / n_represented
-
-
-def initial_precisions(
-    model: FlatModel,
-    thetas,
-    coreset: torch.Tensor,
-    targets: torch.Tensor,
-    X_real: torch.Tensor,
-    y_real: torch.Tensor,
-    *,
-    n_represented: int,
-    betas,
-    prior_precisions,
-    fallback: tuple[float, float] = (1.0, 1.0),
-) -> tuple[float, float]:
-    """(beta, lambda) of the grids with the lowest negative ELBO at the coreset, averaged over ``thetas``.
-
-    ``beta`` is the per-row likelihood precision before the ``n_represented / M`` weighting; the
-    ELBO is evaluated on ``(X_real, y_real)`` with the features of each parameter vector in
-    ``thetas`` (the model pool). One feature pass per vector, then only M x M (or D x D) solves.
-    A point whose system is numerically singular for some vector (repeated coreset rows with a
-    weak prior) is not chosen; ``fallback`` is returned when every point is.
-    """
-    weight = n_represented / len(coreset)
-    losses = torch.zeros(len(betas), len(prior_precisions), dtype=torch.float64)
-    with torch.no_grad():
-        for theta in thetas:
-            phi = last_layer_features(model, theta, torch.cat([coreset, X_real]))
-            phi_core, phi_real = phi[: len(coreset)], phi[len(coreset) :]
-            for i, beta in enumerate(betas):
-                for j, lam in enumerate(prior_precisions):
-                    try:
-                        posterior = LastLayerPosterior(phi_core, targets, weight * beta, lam)
-                    except torch.linalg.LinAlgError:
-                        losses[i, j] = math.inf
-                        continue
-                    losses[i, j] += float(negative_elbo(posterior, phi_real, y_real, n_represented))
-    if not bool(torch.isfinite(losses).any()):
-        return fallback
-    i, j = divmod(int(losses.argmin()), len(prior_precisions))
-    return float(betas[i]), float(prior_precisions[j])
 
 
 def fresh_parameters(module: nn.Module, model: FlatModel, seed: int) -> torch.Tensor:
