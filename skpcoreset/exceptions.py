@@ -17,9 +17,10 @@ def user_stacklevel() -> int:
     """The ``stacklevel`` for a ``warnings.warn`` call that makes the warning name the user's line.
 
     Counts the frames from the caller to the first one outside this package, scikit-learn,
-    imbalanced-learn, joblib, skops (loading) and the standard library's context managers (``fit`` reaches our
-    code through sklearn's parameter-validation wrapper, or through ``GridSearchCV``), so a
-    warning raised deep in a fit points at the user's ``fit`` or search call.
+    imbalanced-learn, joblib, skops (loading) and the standard library's context managers
+    (``fit`` reaches our code through sklearn's parameter-validation wrapper, or through
+    ``GridSearchCV``), so a warning raised deep in a fit points at the user's ``fit`` or search
+    call.
     """
     skipped = (_PACKAGE_DIR, contextlib.__file__) + tuple(
         os.path.dirname(sys.modules[name].__file__) + os.sep
