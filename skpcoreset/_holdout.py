@@ -8,11 +8,9 @@ and its baseline there with :func:`scores`, and report the comparison with
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
-from .exceptions import NoBenefitWarning, user_stacklevel
+from .exceptions import NoBenefitWarning, warn
 from .metrics import accuracy, expected_calibration_error, negative_log_likelihood
 
 __all__ = [
@@ -81,11 +79,10 @@ def warn_if_no_benefit(
     baseline_nll = validation_scores[baseline]["nll"]
     if method_nll < baseline_nll - margin:
         return True
-    warnings.warn(
+    warn(
         f"{owner}: on the held-out split the {method} (NLL {method_nll:.4f}) did not beat the {baseline} "
         f"(NLL {baseline_nll:.4f}). {advice}",
         NoBenefitWarning,
-        stacklevel=user_stacklevel(),
     )
     return False
 

@@ -10,14 +10,13 @@ when ``max_iter`` stops it before the residual reaches ``tol``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from ._base import progress
-from .exceptions import user_stacklevel
+from .exceptions import warn
 
 __all__ = ["conjugate_gradient"]
 
@@ -83,10 +82,9 @@ def conjugate_gradient(
         residual_norm = new_norm
     if not bool((residual_norm <= target).all()):
         worst = float((residual_norm / target.clamp_min(tiny)).max().sqrt()) * tol
-        warnings.warn(
+        warn(
             f"Conjugate gradients stopped after {max_iter} iterations at a relative residual of "
             f"{worst:.2g} (target {tol:g}). {advice}".rstrip(),
             ConvergenceWarning,
-            stacklevel=user_stacklevel(),
         )
     return solution

@@ -46,7 +46,6 @@ import io
 import os
 import pickle
 import types
-import warnings
 from collections import OrderedDict, defaultdict
 from typing import Any
 
@@ -54,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .exceptions import user_stacklevel
+from .exceptions import warn
 
 __all__ = [
     "PackedTensor",
@@ -312,22 +311,33 @@ def _has_default_reduce(value) -> bool:
 
 
 # -- packing ----------------------------------------------------------------------------------
-class _Packer:
-    """One walk over a state; shared objects are packed once, so they stay shared after loading."""
+class _OnceEach:
+    """A walk over a state that converts each object once, by identity: what was shared stays shared."""
 
     def __init__(self):
-        self._memo: dict[int, tuple[Any, Any]] = {}  # id(original) -> (original, packed)
+        self._memo: dict[int, tuple[Any, Any]] = {}  # id(source) -> (source, converted)
 
-    def _remember(self, original, packed):
-        # Keeping the original alive keeps its id from being reused by a temporary.
-        self._memo[id(original)] = (original, packed)
-        return packed
+    def _remember(self, source, converted):
+        # Keeping the source alive keeps its id from being reused by a temporary.
+        self._memo[id(source)] = (source, converted)
+        return converted
+
+    def _seen(self, value) -> tuple[bool, Any]:
+        """``(True, value itself or its earlier conversion)`` for leaves and objects already met."""
+        if isinstance(value, _LEAF_TYPES):
+            return True, value
+        if id(value) in self._memo:
+            return True, self._memo[id(value)][1]
+        return False, None
+
+
+class _Packer(_OnceEach):
+    """Packs a state for saving (see the module docstring)."""
 
     def pack(self, value):
-        if isinstance(value, _LEAF_TYPES):
-            return value
-        if id(value) in self._memo:
-            return self._memo[id(value)][1]
+        done, converted = self._seen(value)
+        if done:
+            return converted
         if isinstance(value, torch.Tensor):
             return self._remember(value, self._tensor(value))
         if isinstance(value, torch.dtype):
@@ -423,21 +433,13 @@ def _packs_itself(value) -> bool:
 
 
 # -- unpacking --------------------------------------------------------------------------------
-class _Unpacker:
+class _Unpacker(_OnceEach):
     """Rebuilds what :class:`_Packer` packed; a packed object seen twice is rebuilt once."""
 
-    def __init__(self):
-        self._memo: dict[int, tuple[Any, Any]] = {}  # id(packed) -> (packed, rebuilt)
-
-    def _remember(self, packed, rebuilt):
-        self._memo[id(packed)] = (packed, rebuilt)
-        return rebuilt
-
     def unpack(self, value):
-        if isinstance(value, _LEAF_TYPES):
-            return value
-        if id(value) in self._memo:
-            return self._memo[id(value)][1]
+        done, converted = self._seen(value)
+        if done:
+            return converted
         cls = type(value)
         if cls is PackedTensor:
             return self._remember(value, _unpack_tensor(value))
@@ -542,11 +544,7 @@ def _on_available_device(state: dict, *, owner: str) -> dict:
     if isinstance(fitted_on, torch.device):
         here = _available_device(fitted_on)
         if here != fitted_on:
-            warnings.warn(
-                f"{owner} was fitted on {fitted_on}, which is not available here; it was loaded on {here}.",
-                UserWarning,
-                stacklevel=user_stacklevel(),
-            )
+            warn(f"{owner} was fitted on {fitted_on}, which is not available here; it was loaded on {here}.")
             state["device_"] = here
     return state
 

@@ -561,7 +561,7 @@ def train_template_members(
     if split is not None:
         train, valid = (torch.as_tensor(index, device=X.device) for index in split)
         tensors, validation = (X[train], y[train]), [(X[valid], y[valid])] * n_members
-    strategy_used, histories, interrupted = train_members(
+    runs = train_members(
         modules,
         tensors,
         spec
@@ -578,7 +578,7 @@ def train_template_members(
         desc=desc,
         **trainer_kwargs,
     )
-    return TrainedMembers(nets, modules, strategy_used, histories, interrupted)
+    return TrainedMembers(nets, modules, runs.strategy, runs.histories, runs.interrupted)
 
 
 # -- fast iteration for plain skorch -----------------------------------------------------------

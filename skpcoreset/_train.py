@@ -33,8 +33,8 @@ import copy
 import inspect
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from skorch.callbacks import Callback, LRScheduler
@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from ._base import make_generator
 from ._parallel import map_members
-from .exceptions import user_stacklevel
+from .exceptions import warn
 
 __all__ = [
     "TrainSpec",
@@ -513,11 +513,7 @@ class Trainer:
                     break
         except KeyboardInterrupt:
             self.interrupted = True
-            warnings.warn(
-                f"{self.desc}: interrupted after {len(self.history)} epoch(s); keeping the weights learned so far.",
-                UserWarning,
-                stacklevel=user_stacklevel(),
-            )
+            warn(f"{self.desc}: interrupted after {len(self.history)} epoch(s); keeping the weights learned so far.")
         self._notify_all("on_train_end", X=tensors[0], y=labels)
         self.module.eval()
         return self
@@ -662,6 +658,15 @@ def _needs_own_runs(nets) -> str:
     return " and ".join(reasons)
 
 
+class MemberRuns(NamedTuple):
+    """What :func:`train_members` ran: the strategy, each member's history, whether it was stopped."""
+
+    strategy: str
+    histories: list[History]
+    interrupted: bool
+    checkpoints: torch.Tensor | None = None
+
+
 def train_members(
     modules: list[nn.Module],
     tensors: tuple[torch.Tensor, ...],
@@ -674,9 +679,10 @@ def train_members(
     n_jobs: int | None = None,
     verbose: int = 0,
     desc: str = "members",
+    checkpoints: bool = False,
     **trainer_kwargs,
-) -> tuple[str, list[History], bool]:
-    """Train ``modules`` in place on ``tensors``; return (strategy used, histories, interrupted).
+) -> MemberRuns:
+    """Train ``modules`` in place on ``tensors``.
 
     Parameters
     ----------
@@ -686,6 +692,17 @@ def train_members(
         sequential training.
     validation : list of tuple of Tensor or None
         Per member, the held-out tensors to validate on each epoch (or None).
+    checkpoints : bool
+        Also keep every member's flat parameters at initialisation and after each epoch:
+        ``MemberRuns.checkpoints`` of shape ``(n_members, n_completed_epochs + 1, P)``, on the
+        data's device. When training is interrupted (or a callback stops a member early),
+        every member is cut to the epochs all of them completed.
+
+    Returns
+    -------
+    MemberRuns
+        ``(strategy, histories, interrupted, checkpoints)``: 'vmap' or 'sequential', one skorch
+        History per member, whether training was stopped (Ctrl-C), the checkpoints or None.
 
     Sequential members run in ``n_jobs`` threads (joblib; torch releases the GIL inside its
     kernels), or on the workers of an active joblib backend such as Dask (processes too; see
@@ -706,12 +723,16 @@ def train_members(
             verbose=verbose,
             desc=f"{desc} (vmap x{len(modules)})",
             **trainer_kwargs,
-        ).fit(*tensors)
+        )
+        if checkpoints:
+            snapshots = ParameterSnapshots(lambda: flat_parameters(trainer.params.values()))
+            trainer.extra_callbacks.append(("trajectory", snapshots))
+        trainer.fit(*tensors)
         for net in nets:
             if net is not None:
                 net.history = copy.deepcopy(trainer.history)
-        return strategy, [trainer.history] * len(modules), trainer.interrupted
-
+        trajectories = torch.stack(snapshots.snapshots, dim=1) if checkpoints else None
+        return MemberRuns(strategy, [trainer.history] * len(modules), trainer.interrupted, trajectories)
     runs = train_sequential_members(
         modules,
         tensors,
@@ -723,8 +744,14 @@ def train_members(
         verbose=verbose,
         desc=desc,
         trainer_kwargs=trainer_kwargs,
+        checkpoints=checkpoints,
     )
-    return strategy, [history for history, _, _ in runs], any(interrupted for _, interrupted, _ in runs)
+    trajectories = None
+    if checkpoints:
+        length = min(len(run) for _, _, run in runs)
+        trajectories = torch.stack([run[:length].to(device) for _, _, run in runs])
+    histories = [history for history, _, _ in runs]
+    return MemberRuns(strategy, histories, any(interrupted for _, interrupted, _ in runs), trajectories)
 
 
 def train_sequential_members(

@@ -7,6 +7,7 @@ a fit fail when its method does not beat its baseline on held-out data.
 import contextlib
 import os
 import sys
+import warnings
 
 __all__ = ["NoBenefitWarning"]
 
@@ -31,6 +32,11 @@ def user_stacklevel() -> int:
     while frame.f_back is not None and frame.f_code.co_filename.startswith(skipped):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """:func:`warnings.warn` with the ``stacklevel`` of :func:`user_stacklevel`: the warning names the user's line."""
+    warnings.warn(message, category, stacklevel=user_stacklevel())
 
 
 class NoBenefitWarning(UserWarning):

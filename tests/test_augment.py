@@ -132,7 +132,7 @@ def test_vmap_ensemble_trainer_augments_each_members_batch():
     X, y = torch.rand(32, 5), torch.arange(32) % 2
     modules = [torch.nn.Sequential(torch.nn.Linear(5, 2)) for _ in range(3)]
     log = []
-    strategy, _, _ = train_members(
+    strategy, *_ = train_members(
         modules,
         (X, y),
         TrainSpec(max_epochs=1, batch_size=16),

@@ -126,7 +126,9 @@ def test_strategy_choice():
 def test_train_members_members_differ_and_learn(data):
     X, y = data
     members = [_mlp(0), _mlp(1), _mlp(2)]
-    strategy, histories, interrupted = train_members(members, (X, y), TrainSpec(max_epochs=5, lr=1e-2), seeds=[0, 1, 2])
+    strategy, histories, interrupted, _ = train_members(
+        members, (X, y), TrainSpec(max_epochs=5, lr=1e-2), seeds=[0, 1, 2]
+    )
     assert strategy == "vmap" and not interrupted and len(histories) == 3
     outputs = [predict_batched(m, X) for m in members]
     assert not torch.allclose(outputs[0], outputs[1])

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..exceptions import user_stacklevel
+from ..exceptions import warn
 
 __all__ = ["deep_ensemble_equivalent"]
 
@@ -60,11 +59,9 @@ def deep_ensemble_equivalent(nll: float, de_nlls: Sequence[float] | Mapping[int,
         raise ValueError("NLL values must be finite.")
     envelope = np.minimum.accumulate(nlls)
     if nll > envelope[0]:
-        warnings.warn(
+        warn(
             f"NLL {nll:.4g} is worse than the smallest measured ensemble (DE-{sizes[0]:g}: "
-            f"{envelope[0]:.4g}); its equivalent is at most {sizes[0]:g}.",
-            UserWarning,
-            stacklevel=user_stacklevel(),
+            f"{envelope[0]:.4g}); its equivalent is at most {sizes[0]:g}."
         )
         return float(sizes[0])
     for i in range(len(sizes) - 1):
@@ -73,12 +70,10 @@ def deep_ensemble_equivalent(nll: float, de_nlls: Sequence[float] | Mapping[int,
             share = (upper - nll) / (upper - lower)
             return float(sizes[i] + (sizes[i + 1] - sizes[i]) * share)
     if nll < envelope[-1]:
-        warnings.warn(
+        warn(
             f"NLL {nll:.4g} beats the largest measured ensemble (DE-{sizes[-1]:g}: {envelope[-1]:.4g}); "
             f"its equivalent is at least {sizes[-1]:g} (not extrapolated). Measure larger ensembles "
-            "to place it.",
-            UserWarning,
-            stacklevel=user_stacklevel(),
+            "to place it."
         )
         return float(sizes[-1])
     # nll equals a flat stretch of the envelope: the smallest size that reaches it.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -12,7 +11,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._base import TorchEstimatorMixin, fill_doc, shared_constraints, store_params
-from ..exceptions import user_stacklevel
+from ..exceptions import warn
 from ._node_classifier import NodeClassifierMixin
 from ._operations import graph_or_edgeless, propagate
 from ._softmax_regression import fit_softmax_regression
@@ -135,11 +134,9 @@ class SGCClassifier(NodeClassifierMixin, TorchEstimatorMixin, ClassifierMixin, B
         """Class logits of every node, shape ``(n_nodes, n_classes)``."""
         check_is_fitted(self)
         if adjacency is None and self.fitted_on_graph_:
-            warnings.warn(
+            warn(
                 f"{type(self).__name__} was fitted on a graph but got no adjacency; predicting with no "
-                "edges. Pass adjacency= (or request it with set_predict_request/set_score_request).",
-                UserWarning,
-                stacklevel=user_stacklevel(),
+                "edges. Pass adjacency= (or request it with set_predict_request/set_score_request)."
             )
         X = self._validate_X(X, reset=False)
         Z = self.propagated_features(X, adjacency).double()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 
 from .._train import Trainer, TrainSpec
-from ..exceptions import user_stacklevel
+from ..exceptions import warn
 
 __all__ = ["fit_softmax_regression"]
 
@@ -101,9 +99,7 @@ def _lbfgs(linear: torch.nn.Linear, Z, y, *, weight_decay, max_iter, **_) -> tup
         optimizer.step(closure)
     except KeyboardInterrupt:  # L-BFGS updates in place: the weights reached so far are kept
         interrupted = True
-        warnings.warn(
-            "SGC fit interrupted; keeping the weights reached so far.", UserWarning, stacklevel=user_stacklevel()
-        )
+        warn("SGC fit interrupted; keeping the weights reached so far.")
     with torch.no_grad():
         linear.weight.copy_(reduced.weight if basis is None else reduced.weight @ basis)
         linear.bias.copy_(reduced.bias)

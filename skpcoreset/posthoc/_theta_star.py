@@ -11,40 +11,34 @@ says when :func:`sklearn.base.clone` is about to turn a fitted net into a templa
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable
 
-import torch
 from sklearn.frozen import FrozenEstimator
 from torch import nn
 
 from .._skorch import build_member_nets, fitted_module
-from ..exceptions import user_stacklevel
+from ..exceptions import warn
 
 __all__ = ["fitted_or_trained", "warn_if_clone_unfits"]
 
 
-def fitted_or_trained(
-    net,
-    *,
-    input_shape: tuple,
-    n_classes: int,
-    init_seed: int,
-    device: torch.device,
-    train: Callable,
-):
-    """``(module, net_, trained)``: theta* and how it was obtained.
+def fitted_or_trained(estimator, *, init_seed: int, train: Callable):
+    """``(module, net_, trained)``: the theta* of ``estimator.net`` and how it was obtained.
 
     A fitted ``net`` (see :func:`skpcoreset._skorch.fitted_module`) gives a copy of its module
-    on ``device`` in eval mode, ``net_ = None`` and ``trained = None``; ``train`` is not called.
-    Otherwise the template is built into a skorch net ``net_`` (module initialised from
-    ``init_seed``), ``trained = train(net_)`` trains its module in place, and the module comes
-    back in eval mode.
+    on the estimator's ``device_`` in eval mode, ``net_ = None`` and ``trained = None``;
+    ``train`` is not called. Otherwise the template is built into a skorch net ``net_`` for the
+    estimator's ``input_shape_`` and ``classes_`` (module initialised from ``init_seed``),
+    ``trained = train(net_)`` trains its module in place, and the module comes back in eval
+    mode.
     """
+    net, device = estimator.net, estimator.device_
     prefit = fitted_module(net)
     if prefit is not None:
         return copy.deepcopy(prefit).to(device).eval(), None, None
-    (net_,) = build_member_nets(net, input_shape=input_shape, n_classes=n_classes, seeds=[init_seed], device=device)
+    (net_,) = build_member_nets(
+        net, input_shape=estimator.input_shape_, n_classes=len(estimator.classes_), seeds=[init_seed], device=device
+    )
     trained = train(net_)
     return net_.module_.eval(), net_, trained
 
@@ -61,10 +55,8 @@ def warn_if_clone_unfits(net, owner: str) -> None:
         return
     if fitted_module(net) is None:
         return
-    warnings.warn(
+    warn(
         f"clone() turns the fitted net given to {owner} into an unfitted template, so the clone "
         "(as GridSearchCV, cross_val_score or a Pipeline make) trains a new network on its own data "
-        "instead of analysing this one. Pass net=FrozenEstimator(net) (sklearn.frozen) to keep it fitted.",
-        UserWarning,
-        stacklevel=user_stacklevel(),
+        "instead of analysing this one. Pass net=FrozenEstimator(net) (sklearn.frozen) to keep it fitted."
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from collections import OrderedDict
 from dataclasses import fields
 from numbers import Integral, Real
@@ -29,7 +28,7 @@ from .._holdout import holdout_split, paired_nll_standard_error, scores, warn_if
 from .._skorch import as_template, build_member_nets, logit_module, template_validation_split, train_spec_from_net
 from .._train import predict_batched
 from ..augment import NAMED_AUGMENTATIONS, resolve_augmentation
-from ..exceptions import user_stacklevel
+from ..exceptions import warn
 from ._divergences import DIVERGENCES, SynthesisProblem
 from ._functional import FlatModel, inner_sgd
 from ._samplers import POSTERIORS, PosteriorSampler, bayesian_model_average
@@ -433,11 +432,9 @@ class PseudocoresetSynthesizer(
     def _fit_resample(self, X, y):
         self.fit(X, y)  # the mixin's fit: validation, then _fit
         if self.interrupted_ == "experts" and self.divergence != "random":
-            warnings.warn(
+            warn(
                 "fit was interrupted while training the experts, before any synthesis: the rows "
-                "returned are the random initial subset (initial_rows_), not a pseudocoreset.",
-                UserWarning,
-                stacklevel=user_stacklevel(),
+                "returned are the random initial subset (initial_rows_), not a pseudocoreset."
             )
         return self.coreset_X_, self.coreset_y_
 
@@ -593,11 +590,7 @@ class PseudocoresetSynthesizer(
                 model, initial, coreset, one_hot, n_represented=self.n_represented_, generator=generator
             )
         except KeyboardInterrupt:
-            warnings.warn(
-                "The benefit check was interrupted; validation_scores_ is None.",
-                UserWarning,
-                stacklevel=user_stacklevel(),
-            )
+            warn("The benefit check was interrupted; validation_scores_ is None.")
             return
         finally:
             self.fit_seconds_["validation"] = self._clock() - started
@@ -677,11 +670,7 @@ class PseudocoresetSynthesizer(
             )
         except KeyboardInterrupt:
             self.interrupted_ = "posterior"
-            warnings.warn(
-                "Posterior sampling interrupted; the coreset is kept, predict_proba needs a refit.",
-                UserWarning,
-                stacklevel=user_stacklevel(),
-            )
+            warn("Posterior sampling interrupted; the coreset is kept, predict_proba needs a refit.")
             return
         finally:
             self.fit_seconds_["posterior"] = self._clock() - started
@@ -709,11 +698,9 @@ class PseudocoresetSynthesizer(
                     f"divergence='random' draws n_per_class={self.n_per_class} distinct rows of every class, "
                     f"but {listed} row(s); lower n_per_class."
                 )
-            warnings.warn(
+            warn(
                 f"n_per_class={self.n_per_class} exceeds the rows of some classes ({listed}): their coreset "
-                "rows start from repeated real rows (see initial_rows_) and are synthesised apart.",
-                UserWarning,
-                stacklevel=user_stacklevel(),
+                "rows start from repeated real rows (see initial_rows_) and are synthesised apart."
             )
         return np.concatenate(rows)
 
@@ -837,11 +824,7 @@ class PseudocoresetSynthesizer(
             self.interrupted_ = "synthesis"
             if best.state is not None:
                 coreset, label_logits = best.state
-            warnings.warn(
-                f"Synthesis interrupted after {len(losses)} iteration(s); keeping the best coreset so far.",
-                UserWarning,
-                stacklevel=user_stacklevel(),
-            )
+            warn(f"Synthesis interrupted after {len(losses)} iteration(s); keeping the best coreset so far.")
         self.n_iterations_ = len(losses)
         self.likelihood_precision_ = float(log_beta.detach().exp())
         self.prior_precision_ = float(log_lam.detach().exp())
@@ -931,11 +914,9 @@ class PseudocoresetSynthesizer(
                 kept = f"the best coreset so far (iteration {best.iteration}, lowest running mean divergence)"
             else:
                 kept = "the coreset of the last completed iteration"
-            warnings.warn(
+            warn(
                 f"Synthesis interrupted after {len(losses)} iteration(s); keeping {kept}. Its posterior is "
-                "sampled next (Ctrl-C again to skip it).",
-                UserWarning,
-                stacklevel=user_stacklevel(),
+                "sampled next (Ctrl-C again to skip it)."
             )
         self.n_iterations_ = len(losses)
         values = torch.stack(losses).cpu().tolist() if losses else []

@@ -11,16 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._base import make_generator
-from .._train import (
-    ParameterSnapshots,
-    TrainSpec,
-    VmapEnsembleTrainer,
-    _needs_own_runs,
-    choose_ensemble_strategy,
-    flat_parameters,
-    train_sequential_members,
-)
+from .._train import TrainSpec, train_members
 
 __all__ = ["train_expert_trajectories"]
 
@@ -60,37 +51,17 @@ def train_expert_trajectories(
     histories : list of skorch History
     interrupted : bool
     """
-    nets = list(nets) if nets is not None else [None] * len(modules)
-    own_runs = _needs_own_runs([net for net in nets if net is not None])
-    strategy = choose_ensemble_strategy(modules, strategy, per_member_runs=own_runs)
-    device = X.device
-    if strategy == "vmap":
-        trainer = VmapEnsembleTrainer(
-            modules,
-            spec,
-            generator=make_generator(seeds[0], device),
-            verbose=verbose,
-            desc=f"experts (vmap x{len(modules)})",
-            **trainer_kwargs,
-        )
-        snapshots = ParameterSnapshots(lambda: flat_parameters(trainer.params.values()))
-        trainer.extra_callbacks.append(("trajectory", snapshots))
-        trainer.fit(X, y)
-        return torch.stack(snapshots.snapshots, dim=1), strategy, [trainer.history] * len(modules), trainer.interrupted
-    results = train_sequential_members(
+    runs = train_members(
         modules,
         (X, y),
         spec,
         seeds=seeds,
         nets=nets,
-        validation=[None] * len(modules),
+        strategy=strategy,
         n_jobs=n_jobs,
         verbose=verbose,
-        desc="expert",
-        trainer_kwargs=trainer_kwargs,
+        desc="experts",
         checkpoints=True,
+        **trainer_kwargs,
     )
-    runs = [run.to(device) for _, _, run in results]
-    length = min(len(run) for run in runs)
-    histories = [history for history, _, _ in results]
-    return torch.stack([run[:length] for run in runs]), strategy, histories, any(r[1] for r in results)
+    return runs.checkpoints, runs.strategy, runs.histories, runs.interrupted

@@ -103,6 +103,21 @@ def influence_direction(
     ``H`` is the Hessian of the training cross-entropy plus ``weight_decay / 2 ||theta||^2``
     (reverse-over-reverse Hessian-vector products: sparse matmul has no forward-mode rule);
     the validation loss is taken on ``val_operator`` (default: the training graph).
+
+    Parameters
+    ----------
+    module : GCN
+        Fitted (evaluated deterministically: dropout is off).
+    train_index, val_index : int arrays
+    y_train, y_val : long tensors
+    weight_decay : float
+        The training penalty ``weight_decay / 2 ||theta||^2`` (part of the Hessian).
+    val_operator : sparse tensor or None
+        Normalised operator the validation nodes are scored on.
+    damping : float
+        Added to the Hessian diagonal; a GCN's Hessian need not be positive definite.
+    cg_tol, cg_max_iter : float, int
+        Conjugate-gradient stopping rule (relative residual, iterations).
     """
     names = [name for name, _ in module.named_parameters()]
     theta = tuple(p.detach().requires_grad_(True) for _, p in module.named_parameters())
@@ -140,15 +155,10 @@ def gcn_edge_influence(
     *,
     train_index: np.ndarray,
     y_train: torch.Tensor,
-    val_index: np.ndarray,
-    y_val: torch.Tensor,
-    weight_decay: float,
     val_adjacency: sp.csr_matrix | None = None,
-    damping: float = 0.0,
-    cg_tol: float = 1e-10,
-    cg_max_iter: int = 1000,
     batch_size: int = 2048,
     progress: Callable = lambda it, **_: it,
+    **direction_options,
 ) -> np.ndarray:
     """``I(e) = -grad L_val^T H^-1 [grad L_tr(G \\ e) - grad L_tr(G)]`` for each undirected edge.
 
@@ -170,18 +180,15 @@ def gcn_edge_influence(
     adjacency : scipy CSR of shape (n_nodes, n_nodes)
         The graph the model was trained on.
     edges : int array of shape (2, n_edges)
-    train_index, val_index : int arrays
-    y_train, y_val : long tensors
-    weight_decay : float
-        The training penalty ``weight_decay / 2 ||theta||^2`` (part of the Hessian).
+    train_index : int array
+    y_train : long tensor
     val_adjacency : scipy CSR or None
         Graph the validation nodes are scored on (default ``adjacency``; RGE uses the original).
-    damping : float
-        Added to the Hessian diagonal; a GCN's Hessian need not be positive definite.
-    cg_tol, cg_max_iter : float, int
-        Conjugate-gradient stopping rule (relative residual, iterations).
     batch_size : int
         Edges processed together.
+    **direction_options
+        :func:`influence_direction`'s other keywords, passed to it: ``val_index``, ``y_val`` and
+        ``weight_decay`` (required), ``damping``, ``cg_tol``, ``cg_max_iter``.
 
     Returns
     -------
@@ -190,16 +197,7 @@ def gcn_edge_influence(
     device, dtype = module.X.device, module.X.dtype
     val_operator = None if val_adjacency is None else normalized_operator(val_adjacency, device, dtype)
     step = influence_direction(
-        module,
-        train_index=train_index,
-        y_train=y_train,
-        val_index=val_index,
-        y_val=y_val,
-        weight_decay=weight_decay,
-        val_operator=val_operator,
-        damping=damping,
-        cg_tol=cg_tol,
-        cg_max_iter=cg_max_iter,
+        module, train_index=train_index, y_train=y_train, val_operator=val_operator, **direction_options
     )
     with torch.no_grad():
         W1, b1 = module.hidden.weight, module.hidden.bias

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections import deque
 from numbers import Integral, Real
 
@@ -15,7 +14,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ..._base import TorchEstimatorMixin, fill_doc, shared_constraints, store_params, to_numpy
-from ...exceptions import user_stacklevel
+from ...exceptions import warn
 from ...graph import SGCClassifier
 from ...graph._operations import as_adjacency, labeled_mask, remove_edges
 from ._backbones import GraphTask, InfluenceOptions, make_backbone
@@ -356,9 +355,7 @@ class RepulsiveEdgeEliminator(TorchEstimatorMixin, TransformerMixin, BaseEstimat
                 removed = np.concatenate([removed, selected], axis=1)
         except KeyboardInterrupt:
             self.interrupted_ = "rounds"
-            warnings.warn(
-                "RGE interrupted; keeping the best graph found so far.", UserWarning, stacklevel=user_stacklevel()
-            )
+            warn("RGE interrupted; keeping the best graph found so far.")
             if not self.history_:
                 raise
 

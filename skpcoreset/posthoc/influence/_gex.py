@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -21,7 +20,7 @@ from ..._base import (
     store_params,
 )
 from ..._skorch import as_template, train_spec_from_net
-from ...exceptions import NoBenefitWarning, user_stacklevel
+from ...exceptions import NoBenefitWarning, warn
 from .._theta_star import fitted_or_trained, warn_if_clone_unfits
 from ._baselines import CheckpointTrainer
 from ._scorers import SCORERS, InfluenceScorer
@@ -289,14 +288,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
                 desc="theta*",
             ).fit(X, y)
 
-        self.module_, self.net_, trainer = fitted_or_trained(
-            self.net,
-            input_shape=self.input_shape_,
-            n_classes=len(self.classes_),
-            init_seed=init_seed,
-            device=self.device_,
-            train=train,
-        )
+        self.module_, self.net_, trainer = fitted_or_trained(self, init_seed=init_seed, train=train)
         self.interrupted_ = "theta*" if trainer is not None and trainer.interrupted else None
         if trainer is None:
             self._check_outputs(X[:2])
@@ -351,7 +343,7 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
             ranked = self._loss_fallback(
                 "Samples are ranked by the loss at theta* instead (method='loss', which ranks better here)"
             )
-            warnings.warn(
+            warn(
                 "GeometricEnsembleInfluence: the geometric-ensemble members, which continue training from "
                 "theta*, lowered its mean training loss "
                 f"({self.base_losses_.mean():.3f} -> {self.member_losses_.mean():.3f}; theta* fits "
@@ -359,27 +351,24 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
                 f"members' loss deviations measure training progress rather than influence. {ranked}; "
                 "train theta* to convergence for GEX's ranking.",
                 NoBenefitWarning,
-                stacklevel=user_stacklevel(),
             )
         elif self.method == "gex" and not scorer.regime_sound:
             ranked = self._loss_fallback("Samples are ranked by the loss at theta* instead (method='loss')")
-            warnings.warn(
+            warn(
                 "GeometricEnsembleInfluence: the members' self-influence ranks the training samples "
                 f"opposite to their loss at theta* (Spearman {self.influence_loss_agreement_:.2f}; member "
                 f"mean loss {self.base_losses_.mean():.3f} -> {self.member_losses_.mean():.3f}): the members "
                 f"left theta*'s basin and their deviations measure that drift, not influence. {ranked}; "
                 "lower member_lr or jitter for GEX's ranking.",
                 NoBenefitWarning,
-                stacklevel=user_stacklevel(),
             )
         elif self.method == "gex" and self.estimate == "self_influence" and self.theta_train_accuracy_ < MEMORISED:
-            warnings.warn(
+            warn(
                 f"GeometricEnsembleInfluence: theta* fits only {self.theta_train_accuracy_:.1%} of its "
                 "training labels, so mislabeled samples it does not fit keep a high loss at theta* and "
                 "at every member and their self-influence is small: the loss at theta* (method='loss') "
                 "ranks them better here. estimate='loo_loss' (the default) adds it.",
                 NoBenefitWarning,
-                stacklevel=user_stacklevel(),
             )
 
     def _loss_fallback(self, loo_loss_phrase: str) -> str:
@@ -546,12 +535,11 @@ class GeometricEnsembleInfluence(TorchEstimatorMixin, OutlierMixin, BaseEstimato
         The name did not say which samples go: it drops the *least* influential ones, which
         after mislabel detection keeps exactly the flipped labels (issue 18).
         """
-        warnings.warn(
+        warn(
             "GeometricEnsembleInfluence.prune is deprecated: it drops the LEAST influential samples "
             "(data pruning), which keeps mislabeled ones. Use prune_least_influential(fraction) for "
             "data pruning or drop_flagged() to remove likely mislabeled samples.",
             FutureWarning,
-            stacklevel=user_stacklevel(),
         )
         return self.prune_least_influential(fraction)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from ...exceptions import user_stacklevel
+from ...exceptions import warn
 from ._baselines import (
     gradient_dot_products,
     per_sample_losses,
@@ -177,12 +176,10 @@ class GexScorer(InfluenceScorer):
         # Spearman -0.49, I(z) ranks the flips at AUC 0.50 and adding it to the loss costs 0.06).
         self.loss_agreement = _spearman(self.train_deviations.pow(2).mean(dim=0), base_loss)
         if self.median_shift < tau:
-            warnings.warn(
+            warn(
                 f"The geometric-ensemble members barely moved from theta* (median |loss change| "
                 f"{self.median_shift:.2g} < tau={tau} with jitter={self.jitter}); the tau floor then "
-                "inverts the ranking. Raise member_lr, member_epochs or jitter.",
-                UserWarning,
-                stacklevel=user_stacklevel(),
+                "inverts the ranking. Raise member_lr, member_epochs or jitter."
             )
         return self
 

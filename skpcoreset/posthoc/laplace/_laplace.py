@@ -294,15 +294,8 @@ class ConnectivityLaplaceClassifier(TorchEstimatorMixin, ClassifierMixin, BaseEs
                 desc="MAP network",
             )
 
-        module, self.net_, trained = fitted_or_trained(
-            self.net,
-            input_shape=self.input_shape_,
-            n_classes=len(self.classes_),
-            init_seed=init_seed,
-            device=self.device_,
-            train=train,
-        )
-        self.interrupted_ = "MAP network" if trained is not None and trained[2] else None
+        module, self.net_, trained = fitted_or_trained(self, init_seed=init_seed, train=train)
+        self.interrupted_ = "MAP network" if trained is not None and trained.interrupted else None
         return module
 
     def __sklearn_clone__(self):
