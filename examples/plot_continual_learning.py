@@ -11,7 +11,9 @@ class-incremental (among every class seen so far, where forgetting shows as old 
 predicted as new ones). ``memory='conditioned'`` synthesises each task's rows on the task plus
 the earlier memories, so they are also told apart from the old classes. Over 3 seeds
 (``benchmarks/continual.py``) the variational memories beat random replay in both settings at
-1 row per class; forward-KL memories of single tasks lose to random rows class-incrementally.
+1 row per class (class-incrementally 0.776 conditioned against 0.563) and tie it at 5 per class
+(0.815 against 0.817); forward-KL memories of single tasks lose to random rows
+class-incrementally.
 """
 
 import os

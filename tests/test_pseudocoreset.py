@@ -818,6 +818,18 @@ def test_variational_trains_no_experts_and_learns_labels(digits_small):
     np.testing.assert_allclose(pc.predict_proba(X[:3]), proba[:3], rtol=1e-10)  # row by row
 
 
+@pytest.mark.filterwarnings("ignore::skpcoreset.exceptions.NoBenefitWarning")
+def test_variational_coreset_stays_within_the_data_range(digits_small):
+    X, y = digits_small
+    X = X * 2.0 - 0.5  # values in [-0.5, 1.5]: the bounds are the data's, not [0, 1]
+    fast = {**VARIATIONAL_FAST, "n_iterations": 60}
+    pc = PseudocoresetSynthesizer("variational", n_per_class=2, lr=0.3, check_benefit="warn", random_state=0, **fast)
+    pc.fit(X, y)
+    assert X.min() <= pc.coreset_X_.min() and pc.coreset_X_.max() <= X.max()
+    assert np.isclose(pc.coreset_X_, X.max()).any() or np.isclose(pc.coreset_X_, X.min()).any()  # it pressed on them
+    assert np.abs(pc.coreset_X_ - X[pc.initial_rows_]).max() > 0.1
+
+
 def test_variational_pickles_and_passes_skops(digits_small):
     import pickle
 

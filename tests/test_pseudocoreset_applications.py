@@ -145,7 +145,7 @@ def test_conditioned_memory_adds_the_new_classes_and_keeps_the_old_rows(split):
     assert X_seen[np.isin(y_seen, [0, 1, 2, 3])].max() <= X_train.max()
 
 
-@pytest.mark.parametrize("memory", ["per_task", "cumulative"])
+@pytest.mark.parametrize("memory", ["per_task", "cumulative", "conditioned"])
 def test_variational_replay_beats_random_replay_in_both_scenarios(memory, split):
     """Split digits, 1 row per class: benchmarks/continual.py measures the same over 3 seeds."""
     X_train, y_train, X_test, y_test = split

@@ -306,8 +306,11 @@ class PseudocoresetSynthesizer(
     identity (an M x M solve) when the coreset has fewer rows than features. Each iteration draws
     a pool member, evaluates the per-point negative ELBO of a real minibatch at q (second-order
     expected log-softmax, KL / N) and back-propagates to u, v, log beta and log lambda (both
-    learned by the outer ELBO, our choice) through the solve;
-    the member then trains ``inner_steps`` SGD steps on the (detached) coreset. Cost per
+    learned by the outer ELBO, our choice) through the solve; after each step the coreset is
+    clipped to the range of the training inputs' values (our choice: its rows stay valid inputs,
+    e.g. pixels in the data's range, so that a network trained on them, as a continual-learning
+    replay memory is, sees inputs like the real ones); the member then trains ``inner_steps``
+    SGD steps on the (detached) coreset. Cost per
     iteration: one forward and backward pass of the features over M + ``n_measurement`` rows,
     O(M^2 D + M^3) for the posterior, ``inner_steps`` forward/backward passes over M rows for
     the pool member (no graph kept); memory does not grow with ``inner_steps`` or
@@ -783,6 +786,7 @@ class PseudocoresetSynthesizer(
         best = _BestSoFar(window=max(1, self.n_iterations // 20))
         losses = []
         weight = n_real / len(coreset)
+        low, high = X.min(), X.max()  # the coreset stays within the data's range of values
         try:
             for _ in self._progress(range(self.n_iterations), desc="synthesis (variational)"):
                 member = int(torch.randint(self.pool_size, (1,), generator=generator, device=generator.device))
@@ -797,6 +801,8 @@ class PseudocoresetSynthesizer(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                with torch.no_grad():
+                    coreset.clamp_(low, high)
                 losses.append(loss.detach())
                 best.update(losses, coreset, label_logits)
                 targets = self._targets(label_logits, labels, n_classes).detach()
