@@ -143,7 +143,10 @@ class PseudocoresetSynthesizer(
     max_start_epoch : int or None, default=None
         Start checkpoints are drawn from 0..max_start_epoch; None: expert_epochs - target_epochs.
     n_iterations : int, default=200
-        Optimiser steps on the coreset.
+        Optimiser steps on the coreset. Harder data may need more: 'variational' on the panel's
+        1-D signals at 10 per class scored 0.407 after 200 steps and 0.650 after 1,000 (digits
+        0.956 -> 0.970), while a tiny table over-fits (breast cancer NLL 0.196 -> 0.442); compare
+        ``validation_scores_`` (held-out rows) across values, e.g. in a grid search.
     lr : float or 'auto', default='auto'
         Adam learning rate of the coreset inputs (and label logits). 'auto': 0.01, and 0.03 for
         'variational' (its learned targets and precisions; NLL 0.162 vs 0.188 at 0.01 on digits
