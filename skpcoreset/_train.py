@@ -659,7 +659,7 @@ def _needs_own_runs(nets) -> str:
 
 
 class MemberRuns(NamedTuple):
-    """What :func:`train_members` ran: the strategy, each member's history, whether it was stopped."""
+    """What :func:`train_members` ran: the strategy, each member's history, whether it was stopped, checkpoints."""
 
     strategy: str
     histories: list[History]
