@@ -55,8 +55,6 @@ __all__ = [
     "VmapEnsembleTrainer",
     "ParameterSnapshots",
     "train_members",
-    "train_sequential_members",
-    "flat_parameters",
     "choose_ensemble_strategy",
     "predict_batched",
     "schedule_factor",
@@ -733,48 +731,8 @@ def train_members(
                 net.history = copy.deepcopy(trainer.history)
         trajectories = torch.stack(snapshots.snapshots, dim=1) if checkpoints else None
         return MemberRuns(strategy, [trainer.history] * len(modules), trainer.interrupted, trajectories)
-    runs = train_sequential_members(
-        modules,
-        tensors,
-        spec,
-        seeds=seeds,
-        nets=nets,
-        validation=validation,
-        n_jobs=n_jobs,
-        verbose=verbose,
-        desc=desc,
-        trainer_kwargs=trainer_kwargs,
-        checkpoints=checkpoints,
-    )
-    trajectories = None
-    if checkpoints:
-        length = min(len(run) for _, _, run in runs)
-        trajectories = torch.stack([run[:length].to(device) for _, _, run in runs])
-    histories = [history for history, _, _ in runs]
-    return MemberRuns(strategy, histories, any(interrupted for _, interrupted, _ in runs), trajectories)
-
-
-def train_sequential_members(
-    modules: list[nn.Module],
-    tensors: tuple[torch.Tensor, ...],
-    spec: TrainSpec,
-    *,
-    seeds: list[int],
-    nets: list,
-    validation: list,
-    n_jobs: int | None,
-    verbose: int,
-    desc: str,
-    trainer_kwargs: dict,
-    checkpoints: bool = False,
-) -> list[tuple[History, bool, torch.Tensor | None]]:
-    """Train each of ``modules`` by its own :class:`Trainer`; ``(history, interrupted, checkpoints)`` per member.
-
-    Members are independent: :func:`~skpcoreset._parallel.map_members` runs them here, in
-    threads or on other processes (Dask workers), and each net in ``nets`` gets its member's
-    history back. ``checkpoints=True`` also records the member's flat parameters at
-    initialisation and after every epoch, shape ``(n_epochs + 1, P)`` (else None).
-    """
+    # Members are independent: map_members runs them here, in threads or on other processes
+    # (Dask workers), and hands back (history, interrupted, checkpoints or None) per member.
     per_member = [
         {"seed": seeds[m], "net": nets[m], "validation": validation[m], "desc": f"{desc} {m + 1}/{len(modules)}"}
         for m in range(len(modules))
@@ -794,7 +752,12 @@ def train_sequential_members(
     for net, (history, _, _) in zip(nets, runs, strict=False):
         if net is not None:  # a process worker recorded into its copy of the net
             net.history = history
-    return runs
+    trajectories = None
+    if checkpoints:
+        length = min(len(run) for _, _, run in runs)
+        trajectories = torch.stack([run[:length].to(device) for _, _, run in runs])
+    histories = [history for history, _, _ in runs]
+    return MemberRuns(strategy, histories, any(interrupted for _, interrupted, _ in runs), trajectories)
 
 
 def flat_parameters(parameters) -> torch.Tensor:
