@@ -48,17 +48,11 @@ def memory_builder(kind: str, n_per_class: int, seed: int, soft_labels: bool = F
         expert_epochs=10,
         n_iterations=100,
         posterior=PosteriorSampler(n_samples=1, steps=1),  # fit_resample needs only the coreset
+        # 'variational': a pool member is re-initialised after one visit of inner_steps (20) SGD
+        # steps, so the memory is synthesised against generic features ('auto' ties the lifetime
+        # to the posterior's 300 steps: class-incremental 0.762 instead of 0.807 at 5 per class)
+        pool_lifetime=20,
     )
-    if divergence == "random" and kind.endswith("_cumulative"):
-        # a random subset of the tiled memory would repeat rows: keep the old memory's distinct
-        # rows (n per old class) and draw n new rows per new class
-        def random_cumulative(X, y, t):
-            new = PseudocoresetSynthesizer("random", random_state=10 * seed + t, **synthesis)
-            X_u, index = np.unique(X, axis=0, return_index=True)
-            return new.fit_resample(X_u, y[index])
-
-        return random_cumulative
-
     def pseudocoreset(X, y, t):
         synthesizer = PseudocoresetSynthesizer(divergence=divergence, random_state=10 * seed + t, **synthesis)
         X_memory, y_memory = synthesizer.fit_resample(X, y)

@@ -650,6 +650,17 @@ def test_more_coreset_rows_than_a_class_has_warns_and_names_the_repeated_rows(di
         PseudocoresetSynthesizer(divergence="random", n_per_class=4, random_state=0, **FAST).fit(X, y)
 
 
+@pytest.mark.parametrize("divergence", ["random", "variational"])
+def test_rows_repeated_in_value_start_the_coreset_once(digits_small, divergence):
+    """A replay memory tiled into the data (continual learning) must not start the coreset twice."""
+    X, y = digits_small
+    distinct = np.concatenate([np.flatnonzero(y == c)[:4] for c in range(10)])  # 4 rows per class
+    X, y = np.tile(X[distinct], (20, 1)), np.tile(y[distinct], 20)  # each 20 times
+    pc = PseudocoresetSynthesizer(divergence, n_per_class=3, random_state=0, **{**FAST, "n_iterations": 1}).fit(X, y)
+    start = X[pc.initial_rows_]
+    assert [len(np.unique(start[pc.coreset_y_ == c], axis=0)) for c in range(10)] == [3] * 10
+
+
 def test_interrupted_experts_skip_synthesis_and_posterior(digits_small, monkeypatch):
     from sklearn.exceptions import NotFittedError
 

@@ -155,9 +155,6 @@ def test_variational_replay_beats_random_replay_in_both_scenarios(memory, split)
     for divergence in ("random", "variational"):
 
         def make_memory(X, y, t, divergence=divergence):
-            if divergence == "random":  # the tiled memory of 'cumulative' repeats rows: draw distinct ones
-                X, index = np.unique(X, axis=0, return_index=True)
-                y = y[index]
             return PseudocoresetSynthesizer(
                 divergence,
                 n_per_class=1,

@@ -75,6 +75,14 @@ _LOGIT_SCALES = (0.7, 0.85, 1.0, 1.2, 1.4, 1.7, 2.0, 2.4, 2.8, 3.4, 4.0, 5.0)
 _DEFAULT_DIVERGENCE_SAMPLES = 8
 
 
+def _flat(X: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(X).reshape(len(X), -1)
+
+
+def _n_distinct(X: np.ndarray) -> int:
+    return len(np.unique(_flat(X), axis=0))
+
+
 class _BestSoFar:
     """The coreset with the lowest running mean of the divergence over ``window`` iterations.
 
@@ -520,7 +528,7 @@ class PseudocoresetSynthesizer(
         self.module_ = copy.deepcopy(modules[0]).eval()
         model = FlatModel(self.module_)
 
-        rows = self._initial_rows(y, n_classes, np.random.RandomState(init_seeds[-1]))
+        rows = self._initial_rows(X, y, n_classes, np.random.RandomState(init_seeds[-1]))
         self.initial_rows_ = train[rows]  # rows of the X passed to fit
         coreset = X_t[rows].clone()
         label_logits = torch.nn.functional.one_hot(y_t[rows], n_classes).float() * _LABEL_LOGIT_SCALE
@@ -689,24 +697,34 @@ class PseudocoresetSynthesizer(
             torch.cuda.synchronize(self.device_)
         return time.perf_counter()
 
-    def _initial_rows(self, y: np.ndarray, n_classes: int, rng) -> np.ndarray:
-        """``n_per_class`` random rows of each class; classes with fewer rows repeat rows (with a warning)."""
+    def _initial_rows(self, X: np.ndarray, y: np.ndarray, n_classes: int, rng) -> np.ndarray:
+        """``n_per_class`` random rows of each class, distinct in value where the class has that many.
+
+        Rows equal in value would start the coreset with copies that the synthesis moves alike (a
+        replay memory tiled into the data, say); classes with fewer distinct rows repeat rows, with a
+        warning.
+        """
         rows, short = [], []
         for c in range(n_classes):
             members = np.flatnonzero(y == c)
-            if len(members) < self.n_per_class:
-                short.append((self.classes_[c], len(members)))
-            rows.append(rng.choice(members, self.n_per_class, replace=len(members) < self.n_per_class))
+            chosen = rng.choice(members, self.n_per_class, replace=len(members) < self.n_per_class)
+            if _n_distinct(X[chosen]) < self.n_per_class:
+                distinct = members[np.sort(np.unique(_flat(X[members]), axis=0, return_index=True)[1])]
+                if len(distinct) < self.n_per_class:
+                    short.append((self.classes_[c], len(distinct)))
+                chosen = rng.choice(distinct, min(self.n_per_class, len(distinct)), replace=False)
+                chosen = np.concatenate([chosen, rng.choice(distinct, self.n_per_class - len(chosen))])
+            rows.append(chosen)
         if short:
             listed = ", ".join(f"class {c!r} has {n}" for c, n in ((np.asarray(c).item(), n) for c, n in short))
             if self.divergence == "random":
                 raise ValueError(
                     f"divergence='random' draws n_per_class={self.n_per_class} distinct rows of every class, "
-                    f"but {listed} row(s); lower n_per_class."
+                    f"but {listed} distinct row(s); lower n_per_class."
                 )
             warn(
-                f"n_per_class={self.n_per_class} exceeds the rows of some classes ({listed}): their coreset "
-                "rows start from repeated real rows (see initial_rows_) and are synthesised apart."
+                f"n_per_class={self.n_per_class} exceeds the distinct rows of some classes ({listed}): their "
+                "coreset rows start from repeated real rows (see initial_rows_) and are synthesised apart."
             )
         return np.concatenate(rows)
 
