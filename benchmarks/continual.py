@@ -53,6 +53,7 @@ def memory_builder(kind: str, n_per_class: int, seed: int, soft_labels: bool = F
         # to the posterior's 300 steps: class-incremental 0.762 instead of 0.807 at 5 per class)
         pool_lifetime=20,
     )
+
     def pseudocoreset(X, y, t):
         synthesizer = PseudocoresetSynthesizer(divergence=divergence, random_state=10 * seed + t, **synthesis)
         X_memory, y_memory = synthesizer.fit_resample(X, y)
