@@ -70,6 +70,36 @@ def continual_replay(
     -------
     ndarray of shape (n_tasks, n_tasks), or dict of them for a sequence of scenarios
         ``accuracy[i, j]``: accuracy on test task j after learning task i (NaN for j > i).
+
+    Notes
+    -----
+    Synthesise the memory with a wider network than the learner's. On split digits with a
+    64-unit MLP learner, 5 rows per class, conditioned variational memories synthesised with a
+    512-unit MLP beat random replay class-incrementally (0.840 against 0.817, 3 seeds), with
+    the synthesizer's default 128 units they tie it, and with the learner's own 64 they lose
+    (0.735): a memory made on wider features transfers, one made on the learner's specialises
+    (``benchmarks/continual.py``, docs/methods.md).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.datasets import load_digits
+    >>> from skpcoreset import make_net
+    >>> from skpcoreset.pseudocoreset import PosteriorSampler, PseudocoresetSynthesizer, continual_replay
+    >>> X, y = load_digits(return_X_y=True)
+    >>> X = (X / 16).astype(np.float32)
+    >>> tasks = [(X[np.isin(y, c)], y[np.isin(y, c)]) for c in ([0, 1], [2, 3])]
+    >>> def make_memory(X_task, y_task, t):
+    ...     synthesizer = PseudocoresetSynthesizer(
+    ...         "variational", n_per_class=1, n_iterations=20, posterior=PosteriorSampler(n_samples=1, steps=1),
+    ...         random_state=t,
+    ...     )
+    ...     return synthesizer.fit_resample(X_task, y_task)
+    >>> accuracy = continual_replay(
+    ...     tasks, tasks, make_memory, net=make_net(max_epochs=3), memory="conditioned", random_state=0
+    ... )
+    >>> accuracy.shape, bool(np.isnan(accuracy[0, 1]))
+    ((2, 2), True)
     """
     scenarios = [scenario] if isinstance(scenario, str) else list(scenario)
     if not scenarios or any(s not in ("task", "class") for s in scenarios):
