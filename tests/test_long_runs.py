@@ -66,12 +66,12 @@ def test_a_warning_raised_inside_fit_names_the_users_line():
     X, y = load_digits(return_X_y=True)
     X, y = (X[:200] / 16).astype(np.float32), y[:200]
     synthesizer = PseudocoresetSynthesizer(n_per_class=30, n_iterations=2, expert_epochs=1, random_state=0)
-    with pytest.warns(UserWarning, match="exceeds the rows of some classes") as record:
+    with pytest.warns(UserWarning, match="exceeds the distinct rows of some classes") as record:
         synthesizer.fit(X, y)  # the line the warning must name
-    assert {w.filename for w in record if "exceeds the rows" in str(w.message)} == {__file__}
-    with pytest.warns(UserWarning, match="exceeds the rows of some classes") as record:
+    assert {w.filename for w in record if "exceeds the distinct rows" in str(w.message)} == {__file__}
+    with pytest.warns(UserWarning, match="exceeds the distinct rows of some classes") as record:
         GridSearchCV(synthesizer, {"n_per_class": [30]}, cv=2).fit(X, y)
-    assert {w.filename for w in record if "exceeds the rows" in str(w.message)} == {__file__}
+    assert {w.filename for w in record if "exceeds the distinct rows" in str(w.message)} == {__file__}
 
 
 @pytest.mark.parametrize("solver", ["lbfgs", "adam"])
