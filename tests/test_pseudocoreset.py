@@ -829,6 +829,33 @@ def test_variational_trains_no_experts_and_learns_labels(digits_small):
     np.testing.assert_allclose(pc.predict_proba(X[:3]), proba[:3], rtol=1e-10)  # row by row
 
 
+def test_variational_pool_takes_its_own_module_params_and_prediction_keeps_the_nets(digits_small, monkeypatch):
+    import skpcoreset.pseudocoreset._synthesizer as synthesizer_module
+
+    X, y = digits_small
+    widths = []
+    original = synthesizer_module.fresh_parameters
+
+    def recording(module, model, seed):
+        widths.append(next(layer.out_features for layer in module.modules() if isinstance(layer, torch.nn.Linear)))
+        return original(module, model, seed)
+
+    monkeypatch.setattr(synthesizer_module, "fresh_parameters", recording)
+    pc = PseudocoresetSynthesizer(
+        "variational", n_per_class=1, pool_module_params={"hidden_sizes": (48,)}, random_state=0, **VARIATIONAL_FAST
+    ).fit(X, y)
+    assert set(widths) == {48}  # every pool member, at the start and on re-initialisation
+    assert next(m.out_features for m in pc.module_.modules() if isinstance(m, torch.nn.Linear)) == 32
+    np.testing.assert_allclose(pc.predict_proba(X[:5]).sum(1), 1, rtol=1e-10)
+    widths.clear()
+    PseudocoresetSynthesizer("variational", n_per_class=1, random_state=0, **VARIATIONAL_FAST).fit(X, y)
+    assert set(widths) == {32}  # None: the net's own module
+    with pytest.raises(TypeError, match="pool_module_params=.*'depth'"):
+        PseudocoresetSynthesizer(
+            "variational", n_per_class=1, pool_module_params={"depth": 3}, random_state=0, **VARIATIONAL_FAST
+        ).fit(X, y)
+
+
 @pytest.mark.filterwarnings("ignore::skpcoreset.exceptions.NoBenefitWarning")
 def test_variational_coreset_stays_within_the_data_range(digits_small):
     X, y = digits_small
