@@ -197,12 +197,13 @@ class PseudocoresetSynthesizer(
         'variational' only: arguments of the net's module that differ for the pool members, e.g.
         ``{'hidden_sizes': (512,)}`` for the default MLP or ``{'width': 64}`` for a ConvNet (as
         ``module__*`` of a skorch net); the prediction networks keep the net's own. None: the
-        pool is the net's module. A wider pool is better at 10 per class and slower: with a
-        512-unit pool for the default 128-unit MLP (seed 0, 200 iterations) 1-D signals scored
+        pool is the net's module. A wider pool is mostly better at 10 per class, and slower: with
+        a 512-unit pool for the default 128-unit MLP (panel data sets, seed 0,
+        ``benchmarks/results/variational_pool_{a,b}.json``) 1-D signals at 10 per class scored
         0.704 / 0.955 (accuracy / NLL) instead of 0.407 / 1.868, noisy tables 0.853 / 0.383
         instead of 0.805 / 0.469, MNIST and Fashion-MNIST NLL 0.364 / 0.609 instead of 0.382 /
-        0.644, while digits at 1 per class fell from 0.956 / 0.168 to 0.948 / 0.212 and
-        synthesis took 1.5-2.5x as long (docs/methods.md).
+        0.644, while at 1 per class digits fell from 0.956 / 0.168 to 0.948 / 0.212 and wine from
+        1.000 / 0.093 to 0.944 / 0.190; synthesis took 1.0-2.8x as long (docs/methods.md).
     augment : {'auto', 'dsa', 'shift', 'shift_flip'}, callable or None, default='auto'
         Differentiable augmentation of the coreset during synthesis, drawn afresh at every use
         (each inner SGD step and each divergence evaluation), as dataset distillation does.
@@ -656,7 +657,9 @@ class PseudocoresetSynthesizer(
                 if self.selected_ == "random_subset"
                 else "."
             )
-            + " Synthesise longer or faster (n_iterations, lr), or use another divergence.",
+            + " Synthesise longer or faster (n_iterations, lr)"
+            + (", with a wider model pool (pool_module_params)" if self.divergence == "variational" else "")
+            + ", or use another divergence.",
             margin=self.benefit_margin_,
         )
 
