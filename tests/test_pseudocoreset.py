@@ -857,6 +857,30 @@ def test_variational_pool_takes_its_own_module_params_and_prediction_keeps_the_n
 
 
 @pytest.mark.filterwarnings("ignore::skpcoreset.exceptions.NoBenefitWarning")
+def test_auto_pool_widens_only_the_default_mlp(digits_small):
+    X, y = digits_small
+    fast = {**VARIATIONAL_FAST, "n_iterations": 2}
+    default = PseudocoresetSynthesizer("variational", n_per_class=1, random_state=0, **fast).fit(X, y)
+    assert default.pool_module_params_ is None and default.inner_steps_ == 3  # VARIATIONAL_FAST's
+    auto = PseudocoresetSynthesizer(
+        "variational", n_per_class=1, pool_module_params="auto", random_state=0, **{**fast, "net": None}
+    )
+    auto.set_params(inner_steps="auto").fit(X, y)
+    assert auto.pool_module_params_ == {"hidden_sizes": (512,)} and auto.inner_steps_ == 10
+    users = PseudocoresetSynthesizer(
+        "variational",
+        n_per_class=1,
+        pool_module_params="auto",
+        inner_steps="auto",
+        random_state=0,
+        **{k: v for k, v in fast.items() if k != "inner_steps"},
+    ).fit(X, y)
+    assert users.pool_module_params_ is None and users.inner_steps_ == 20  # a user's net keeps its module
+    trajectory = PseudocoresetSynthesizer(n_per_class=1, random_state=0, **FAST).fit(X, y)
+    assert trajectory.pool_module_params_ is None and trajectory.inner_steps_ == FAST["inner_steps"]
+
+
+@pytest.mark.filterwarnings("ignore::skpcoreset.exceptions.NoBenefitWarning")
 def test_variational_coreset_stays_within_the_data_range(digits_small):
     X, y = digits_small
     X = X * 2.0 - 0.5  # values in [-0.5, 1.5]: the bounds are the data's, not [0, 1]

@@ -73,6 +73,13 @@ _DIVERGENCE_SAMPLES = {"reverse_kl": 30}
 _VARIANCE_SCALES = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 _LOGIT_SCALES = (0.7, 0.85, 1.0, 1.2, 1.4, 1.7, 2.0, 2.4, 2.8, 3.4, 4.0, 5.0)
 _DEFAULT_DIVERGENCE_SAMPLES = 8
+# K, the inner SGD steps (the papers' 20), and the variational model pool that
+# pool_module_params='auto' (not the default) gives the default MLP on flat inputs: 512 units, trained 10 steps
+# per visit. On the panel's flat sets it lowered NLL on 11 of 16 set/size pairs against the
+# 128-unit pool at 20 steps, with synthesis times within 0.6-1.8x (variational_pool_auto_*.json).
+_DEFAULT_INNER_STEPS = 20
+_AUTO_POOL_MODULE_PARAMS = {"hidden_sizes": (512,)}
+_AUTO_POOL_INNER_STEPS = 10
 
 
 def _flat(X: np.ndarray) -> np.ndarray:
@@ -151,17 +158,22 @@ class PseudocoresetSynthesizer(
     max_start_epoch : int or None, default=None
         Start checkpoints are drawn from 0..max_start_epoch; None: expert_epochs - target_epochs.
     n_iterations : int, default=200
-        Optimiser steps on the coreset. Harder data may need more: 'variational' on the panel's
-        1-D signals at 10 per class scored 0.407 after 200 steps and 0.650 after 1,000 (digits
-        0.956 -> 0.970), while a tiny table over-fits (breast cancer NLL 0.196 -> 0.442); compare
-        ``validation_scores_`` (held-out rows) across values, e.g. in a grid search.
+        Optimiser steps on the coreset. Harder data may need more: 'variational' with its pool
+        at the net's width (``pool_module_params=None``) on the panel's 1-D signals at 10 per
+        class scored 0.407 after 200 steps and 0.650 after 1,000 (digits 0.956 -> 0.970), while
+        a tiny table over-fits (breast cancer NLL 0.196 -> 0.442); the wider auto pool reaches
+        0.703 in 200. Compare ``validation_scores_`` (held-out rows) across values, e.g. in a
+        grid search.
     lr : float or 'auto', default='auto'
         Adam learning rate of the coreset inputs (and label logits). 'auto': 0.01, and 0.03 for
         'variational' (its learned targets and precisions; NLL 0.162 vs 0.188 at 0.01 on digits
         at 10 per class). The value used is ``lr_``.
-    inner_steps : int, default=20
+    inner_steps : int or 'auto', default='auto'
         K: SGD steps on the coreset from the expert start ('variational': the steps a drawn
-        pool member trains on the coreset after each iteration).
+        pool member trains on the coreset after each iteration). 'auto': 20, and 10 for
+        'variational' when its pool is the widened default MLP (``pool_module_params='auto'``
+        on flat inputs), which keeps its synthesis time at the 128-unit pool's. The value used
+        is ``inner_steps_``.
     inner_lr : float or 'auto', default='auto'
         Step size of those SGD steps. 'auto': twice the experts' learning rate when they train
         with SGD (as the papers' experts do), 0.1 otherwise. The inner steps must move the
@@ -193,17 +205,23 @@ class PseudocoresetSynthesizer(
         re-initialised; each draw trains it ``inner_steps`` more steps at ``inner_lr_``. Ages
         start staggered so that re-initialisations are spread. 'auto': ``posterior.steps``, the
         steps the prediction networks train, so the pool covers their features' ages.
-    pool_module_params : dict or None, default=None
+    pool_module_params : dict, None or 'auto', default=None
         'variational' only: arguments of the net's module that differ for the pool members, e.g.
         ``{'hidden_sizes': (512,)}`` for the default MLP or ``{'width': 64}`` for a ConvNet (as
         ``module__*`` of a skorch net); the prediction networks keep the net's own. None: the
-        pool is the net's module. A wider pool is mostly better at 10 per class, and slower: with
-        a 512-unit pool for the default 128-unit MLP (panel data sets, seed 0,
-        ``benchmarks/results/variational_pool_{a,b}.json``) 1-D signals at 10 per class scored
-        0.704 / 0.955 (accuracy / NLL) instead of 0.407 / 1.868, noisy tables 0.853 / 0.383
-        instead of 0.805 / 0.469, MNIST and Fashion-MNIST NLL 0.364 / 0.609 instead of 0.382 /
-        0.644, while at 1 per class digits fell from 0.956 / 0.168 to 0.948 / 0.212 and wine from
-        1.000 / 0.093 to 0.944 / 0.190; synthesis took 1.0-2.8x as long (docs/methods.md).
+        pool is the net's module. 'auto': ``{'hidden_sizes': (512,)}`` when ``net`` is None and
+        the inputs are flat (the default MLP, 128 units, predicts), None otherwise (a user's
+        net, or the ConvNet for images). A wider pool synthesises better coresets: on the
+        panel's flat data sets (seed 0, ``benchmarks/results/variational_pool_auto_{a,b}.json``)
+        1-D signals at 10 per class scored 0.703 / 0.976 (accuracy / NLL) with it instead of
+        0.407 / 1.868 with the 128-unit pool (forward KL 0.652 / 1.110), noisy tables 0.865 /
+        0.378 instead of 0.805 / 0.469, Fashion-MNIST 0.773 / 0.671 instead of 0.726 / 0.717 at 1
+        per class; lower NLL on 11 of 16 set/size pairs, worse on 3 (wine at 1 per class 0.926
+        / 0.195 instead of 1.000 / 0.093, digits 0.948 / 0.177 instead of 0.956 / 0.168); the
+        resolved value is ``pool_module_params_``. Not the default: on digits at 10 per class its
+        synthesis is slower than Wasserstein's (5.7 s against 4.1 s in one run,
+        ``pseudocoreset_vbpc_auto_pool_digits.json``), the net's own pool faster (4.5 s against
+        6.2 s, ``pseudocoreset_vbpc_calibrated_digits.json``).
     augment : {'auto', 'dsa', 'shift', 'shift_flip'}, callable or None, default='auto'
         Differentiable augmentation of the coreset during synthesis, drawn afresh at every use
         (each inner SGD step and each divergence evaluation), as dataset distillation does.
@@ -282,8 +300,13 @@ class PseudocoresetSynthesizer(
         Adam learning rate of the synthesis (``lr`` resolved).
     n_represented_ : int
         N, the training rows the coreset stands for (those not held out).
+    inner_steps_ : int
+        Inner SGD steps (``inner_steps`` resolved).
     inner_lr_ : float
         Step size of the inner SGD steps (``inner_lr`` resolved).
+    pool_module_params_ : dict or None
+        'variational': the pool's module arguments (``pool_module_params`` resolved); None for
+        the other divergences.
     n_divergence_samples_ : int
         Gaussian samples per side (``n_divergence_samples`` resolved).
     ensemble_strategy_ : str or None
@@ -375,7 +398,7 @@ class PseudocoresetSynthesizer(
         "max_start_epoch": [None, Interval(Integral, 0, None, closed="left")],
         "n_iterations": [Interval(Integral, 0, None, closed="left")],
         "lr": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
-        "inner_steps": [Interval(Integral, 1, None, closed="left")],
+        "inner_steps": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "inner_lr": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
         "n_divergence_samples": [StrOptions({"auto"}), Interval(Integral, 2, None, closed="left")],
         "noise_scale": [Interval(Real, 0, None, closed="left")],
@@ -383,7 +406,7 @@ class PseudocoresetSynthesizer(
         "learn_labels": ["boolean", StrOptions({"auto"})],
         "pool_size": [Interval(Integral, 1, None, closed="left")],
         "pool_lifetime": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
-        "pool_module_params": [dict, None],
+        "pool_module_params": [dict, None, StrOptions({"auto"})],
         "augment": [None, StrOptions({"auto", *NAMED_AUGMENTATIONS}), callable],
         "posterior": [StrOptions(set(POSTERIORS)), PosteriorSampler],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
@@ -406,7 +429,7 @@ class PseudocoresetSynthesizer(
         max_start_epoch=None,
         n_iterations=200,
         lr="auto",
-        inner_steps=20,
+        inner_steps="auto",
         inner_lr="auto",
         n_divergence_samples="auto",
         noise_scale=0.01,
@@ -549,6 +572,8 @@ class PseudocoresetSynthesizer(
         self.history_ = {"experts": [], "synthesis": []}
         self.interrupted_, self.ensemble_strategy_, self.n_iterations_ = None, None, 0
         self.inner_lr_ = self._resolve_inner_lr(template, len(X))
+        self.pool_module_params_ = self._resolve_pool_module_params()
+        self.inner_steps_ = self._resolve_inner_steps()
         self.lr_ = float(self._for_divergence(self.lr, {"variational": _VARIATIONAL_LR}, _DEFAULT_LR))
         self.n_divergence_samples_ = self._for_divergence(
             self.n_divergence_samples, _DIVERGENCE_SAMPLES, _DEFAULT_DIVERGENCE_SAMPLES
@@ -780,7 +805,7 @@ class PseudocoresetSynthesizer(
             X_real=X,
             y_real=y,
             n_classes=len(self.classes_),
-            inner_steps=self.inner_steps,
+            inner_steps=self.inner_steps_,
             inner_lr=self.inner_lr_,
             target_epochs=target_epochs,
             max_start_epoch=min(
@@ -805,10 +830,10 @@ class PseudocoresetSynthesizer(
 
     def _pool_module(self, template, probe: torch.Tensor, seed: int) -> torch.nn.Module:
         """The model pool's architecture: the net's module, with ``pool_module_params`` where given."""
-        if not self.pool_module_params:
+        if not self.pool_module_params_:
             return self.module_
         pool_template = clone(template).set_params(
-            **{f"module__{name}": value for name, value in self.pool_module_params.items()}
+            **{f"module__{name}": value for name, value in self.pool_module_params_.items()}
         )
         try:
             (net,) = build_member_nets(
@@ -873,12 +898,12 @@ class PseudocoresetSynthesizer(
                         pool[member],
                         coreset.detach(),
                         targets,
-                        steps=self.inner_steps,
+                        steps=self.inner_steps_,
                         lr=self.inner_lr_,
                         differentiable=False,
                         augment=None if augment is None else (lambda Z: augment(Z, generator)),
                     )[-1]
-                    ages[member] += self.inner_steps
+                    ages[member] += self.inner_steps_
         except torch.linalg.LinAlgError as error:
             raise ValueError(
                 f"Synthesis diverged after {len(losses)} variational step(s) at lr={self.lr_:g}: the coreset's "
@@ -937,6 +962,19 @@ class PseudocoresetSynthesizer(
 
         grid = [(1.0, 1.0)] + [(c, t) for c in _VARIANCE_SCALES for t in _LOGIT_SCALES]  # ties: as is
         return tuple(float(v) for v in min(grid, key=nll))
+
+    def _resolve_pool_module_params(self) -> dict | None:
+        if self.divergence != "variational":
+            return None
+        if self.pool_module_params == "auto":
+            return dict(_AUTO_POOL_MODULE_PARAMS) if self.net is None and len(self.input_shape_) == 1 else None
+        return self.pool_module_params
+
+    def _resolve_inner_steps(self) -> int:
+        if self.inner_steps != "auto":
+            return int(self.inner_steps)
+        widened = self.pool_module_params == "auto" and self.pool_module_params_ is not None
+        return _AUTO_POOL_INNER_STEPS if widened else _DEFAULT_INNER_STEPS
 
     def _resolve_inner_lr(self, template, n_samples: int) -> float:
         if self.inner_lr != "auto":
