@@ -4,12 +4,12 @@
     python benchmarks/variational_pool.py --datasets signals --widths 256 512 --inner-steps 20
 
 On the public panel's flat data sets (the MNISTs as flat rows; ``SKPCORESET_DATA`` for them),
-``PseudocoresetSynthesizer(divergence='variational')`` with the default 128-unit MLP predicting,
-its pool at the net's own width (``pool_module_params=None``, ``inner_steps=20``: the
-defaults), with ``pool_module_params='auto'`` (512 units, 10 steps per visit), and with pools
-of ``--widths`` units (``--inner-steps`` each visit). Forward KL is run beside them for reference. One seed per data set, 1 and 10 rows per class; test-set
-BMA accuracy and NLL, synthesis seconds measured in the same run (compare ratios, not
-absolute times).
+``PseudocoresetSynthesizer(divergence='variational')`` with the default 128-unit MLP
+predicting, its pool at the net's own width (``pool_module_params=None``, ``inner_steps=20``:
+the defaults), with ``pool_module_params='auto'`` (512 units, 10 steps per visit), and with
+pools of ``--widths`` units (``--inner-steps`` each visit). Forward KL is run beside them for
+reference. One seed per data set, 1 and 10 rows per class; test-set BMA accuracy and NLL,
+synthesis seconds measured in the same run (compare ratios, not absolute times).
 """
 
 from __future__ import annotations
