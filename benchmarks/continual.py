@@ -103,6 +103,7 @@ def main():
     )
     parser.add_argument("--name", default="continual_digits")
     args = parser.parse_args()
+    width = args.synthesis_width or None  # None: the synthesizer's default net (128 units)
     torch.set_num_threads(1)
     X, y = load_digits(return_X_y=True)
     X_tr, X_te, y_tr, y_te = train_test_split((X / 16).astype(np.float32), y, test_size=0.3, random_state=0, stratify=y)
@@ -117,9 +118,7 @@ def main():
                     continual_replay,
                     tasks,
                     test_tasks,
-                    memory_builder(
-                        kind, n_per_class, seed, soft_labels=args.soft_labels, width=args.synthesis_width or None
-                    ),
+                    memory_builder(kind, n_per_class, seed, soft_labels=args.soft_labels, width=width),
                     net=net,
                     scenario=args.scenarios,
                     random_state=seed,
@@ -133,7 +132,7 @@ def main():
                             n_per_class=n_per_class,
                             memory=kind,
                             soft_labels=args.soft_labels,
-                            synthesis_width=args.synthesis_width or 128,
+                            synthesis_width=width or 128,
                             seed=seed,
                             final_mean_accuracy=finals[scenario][-1],
                             seconds=seconds,
@@ -147,7 +146,7 @@ def main():
                         n_per_class=n_per_class,
                         memory=kind,
                         soft_labels=args.soft_labels,
-                        synthesis_width=args.synthesis_width or 128,
+                        synthesis_width=width or 128,
                         mean=float(np.mean(values)),
                         std=float(np.std(values)),
                         per_seed=values,

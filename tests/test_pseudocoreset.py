@@ -862,18 +862,13 @@ def test_auto_pool_widens_only_the_default_mlp(digits_small):
     fast = {**VARIATIONAL_FAST, "n_iterations": 2}
     default = PseudocoresetSynthesizer("variational", n_per_class=1, random_state=0, **fast).fit(X, y)
     assert default.pool_module_params_ is None and default.inner_steps_ == 3  # VARIATIONAL_FAST's
+    auto_steps = {**fast, "inner_steps": "auto"}
     auto = PseudocoresetSynthesizer(
-        "variational", n_per_class=1, pool_module_params="auto", random_state=0, **{**fast, "net": None}
-    )
-    auto.set_params(inner_steps="auto").fit(X, y)
+        "variational", n_per_class=1, pool_module_params="auto", random_state=0, **{**auto_steps, "net": None}
+    ).fit(X, y)
     assert auto.pool_module_params_ == {"hidden_sizes": (512,)} and auto.inner_steps_ == 10
     users = PseudocoresetSynthesizer(
-        "variational",
-        n_per_class=1,
-        pool_module_params="auto",
-        inner_steps="auto",
-        random_state=0,
-        **{k: v for k, v in fast.items() if k != "inner_steps"},
+        "variational", n_per_class=1, pool_module_params="auto", random_state=0, **auto_steps
     ).fit(X, y)
     assert users.pool_module_params_ is None and users.inner_steps_ == 20  # a user's net keeps its module
     trajectory = PseudocoresetSynthesizer(n_per_class=1, random_state=0, **FAST).fit(X, y)
